@@ -1,0 +1,78 @@
+"""What a stage receives besides its model and config, and what it may return."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.settings import ExportSettings
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+    from edgecompress.data.task import Task
+    from edgecompress.export.artifact import Artifact
+
+
+@dataclass
+class StageOutput:
+    """Returned by a stage that produces the deployable artifact itself (e.g. an INT8 ONNX file).
+
+    ``model`` stays the float PyTorch model (for parameter and MAC counts); ``artifact`` is what ships and
+    what the pipeline measures. Stages that only change the model may return the ``nn.Module`` directly.
+    """
+
+    model: nn.Module
+    artifact: Artifact | None = None
+
+
+@dataclass
+class StageContext:
+    """Everything a stage may need beyond the model and its config.
+
+    task: data loaders and metrics (None when a stage is applied to a bare model).
+    teacher: the model as it entered the recipe (the distillation teacher / dense reference), frozen.
+    seed: the stage's own seed (recipe seed + stage index), so a resumed run repeats an uninterrupted one.
+    workdir: a directory the stage may write artifacts into (the pipeline gives each stage its own).
+    export: export/runtime settings from the recipe (format, runtime, threads, batch, opset).
+    info: details the stage wants in the report (tables, per-step histories): JSON-serialisable values.
+    progress: show progress bars.
+    """
+
+    task: Task | None = None
+    teacher: nn.Module | None = None
+    seed: int = 0
+    workdir: Path | None = None
+    export: ExportSettings = field(default_factory=ExportSettings)
+    info: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def require_task(self, stage: str) -> Task:
+        if self.task is None:
+            raise EdgeCompressError(
+                f"stage {stage!r} needs data (a task) but none was given",
+                fix="pass task=... to edgecompress.apply/compress, or add a `data:` section to the recipe",
+            )
+        return self.task
+
+    def require_teacher(self, stage: str) -> nn.Module:
+        if self.teacher is None:
+            raise EdgeCompressError(
+                f"stage {stage!r} needs a teacher model but none was given",
+                fix="pass teacher=... to edgecompress.apply, or run the stage inside a recipe",
+            )
+        return self.teacher
+
+    def example_inputs(self, batch: int = 1) -> torch.Tensor:
+        return self.require_task("example_inputs").example_inputs(batch)
+
+    def scratch_dir(self) -> Path:
+        """The stage's workdir, or a fresh temporary directory when there is none."""
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="edgecompress-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return self.workdir

@@ -1,0 +1,89 @@
+"""Stage registration and lookup.
+
+A stage is one compression method: a typed config (a pydantic model) plus a function
+``fn(model, config, ctx) -> nn.Module | StageOutput``. Stages register themselves by name with
+``@register("prune.structured", StructuredConfig)``; recipes and ``edgecompress.apply`` look them up.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from pydantic import BaseModel, ConfigDict
+
+from edgecompress.errors import EdgeCompressError
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from edgecompress.context import StageContext, StageOutput
+
+# Subpackages whose import registers the built-in stages. A new capability adds its package here.
+BUILTIN_PACKAGES = ("edgecompress.prune", "edgecompress.recover", "edgecompress.quant")
+
+
+class StageConfig(BaseModel):
+    """Base of every stage config: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    config: type[StageConfig]
+    fn: Callable[..., Any]
+    produces_artifact: bool = False  # True: the stage yields the deployable artifact and must come last
+
+    @property
+    def summary(self) -> str:
+        doc = (self.fn.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def __call__(self, model: nn.Module, config: StageConfig, ctx: StageContext) -> nn.Module | StageOutput:
+        return self.fn(model, config, ctx)
+
+
+_STAGES: dict[str, Stage] = {}
+_loaded = False
+
+
+def register(name: str, config: type[StageConfig], *, produces_artifact: bool = False):
+    """Decorator that registers ``fn(model, config, ctx)`` as the stage ``name``."""
+
+    def wrap(fn):
+        if name in _STAGES and _STAGES[name].fn is not fn:
+            raise ValueError(f"stage {name!r} is registered twice ({_STAGES[name].fn} and {fn})")
+        _STAGES[name] = Stage(name, config, fn, produces_artifact)
+        return fn
+
+    return wrap
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for package in BUILTIN_PACKAGES:
+            importlib.import_module(package)
+
+
+def get(name: str) -> Stage:
+    """The stage registered as ``name``; an unknown name raises an error that suggests the closest one."""
+    _load_builtins()
+    if name in _STAGES:
+        return _STAGES[name]
+    close = difflib.get_close_matches(name, _STAGES, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise EdgeCompressError(
+        f"unknown method {name!r}",
+        fix=f"{hint}run `edgecompress methods` to list them; known: {', '.join(sorted(_STAGES))}",
+    )
+
+
+def all_stages() -> list[Stage]:
+    _load_builtins()
+    return [_STAGES[k] for k in sorted(_STAGES)]
