@@ -1,0 +1,67 @@
+"""The model a recipe starts from: loaded from its spec and, when it has no weights, trained once on the
+task and cached on disk (keyed by model, data, training settings and seed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch.nn as nn
+
+from edgecompress import zoo
+from edgecompress.checkpoint import load_model, save_model
+from edgecompress.data.task import Task
+from edgecompress.recipe import Recipe
+from edgecompress.ui import console
+from edgecompress.zoo.loading import check_input, load_model as load_from_spec
+
+__all__ = ["build_from_arch", "cache_dir", "check_input", "load"]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGECOMPRESS_CACHE", Path.home() / ".cache" / "edgecompress"))
+
+
+def build_from_arch(arch: dict) -> nn.Module:
+    """Rebuild a zoo architecture from the descriptor ``zoo.build`` attached to the model."""
+    return zoo.build(arch["zoo"], tuple(arch["input_shape"]), arch["num_classes"], **arch.get("kwargs", {}))
+
+
+def _cache_key(recipe: Recipe) -> str:
+    spec = recipe.model.model_dump(mode="json", exclude={"pretrain": {"cache"}})
+    blob = json.dumps({"model": spec, "data": recipe.data.model_dump(mode="json"), "seed": recipe.seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def load(recipe: Recipe, task: Task, *, trust_pickle: bool = False, train: bool = True,
+         progress: bool = True) -> nn.Module:
+    """The recipe's model for ``task``; trained (or taken from the cache) when ``pretrain`` is set and
+    no weights are given. ``train=False`` only rebuilds the architecture (used to load checkpoints)."""
+    spec = recipe.model
+    model = load_from_spec(spec, task.input_shape, task.num_classes, trust_pickle=trust_pickle)
+    if not train or spec.pretrain is None or spec.weights is not None:
+        return model
+    from edgecompress.train import train as run_training
+
+    folder = cache_dir() / f"baseline-{_cache_key(recipe)}"
+    if spec.pretrain.cache and (folder / "model.json").is_file():
+        console.print(f"using cached baseline {folder}")
+        return load_model(folder, lambda arch: load_from_spec(spec, task.input_shape, task.num_classes))
+    p = spec.pretrain
+    run_training(model, task, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, seed=recipe.seed,
+                 progress=progress, description="baseline training")
+    model.eval()
+    if spec.pretrain.cache:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent))
+        save_model(model, tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    return model
+
+

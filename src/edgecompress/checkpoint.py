@@ -1,0 +1,101 @@
+"""Safe checkpoints for models whose layers were resized by pruning.
+
+A checkpoint is ``model.safetensors`` (tensors only) plus ``model.json`` (each module's scalar attributes,
+such as ``out_channels``, and how to rebuild the architecture). Loading rebuilds the original architecture,
+re-applies the recorded attributes and assigns the saved tensors, so a physically pruned model comes back
+without unpickling anything. torch-pruning's own ``tp.state_dict`` pickles ``module.__dict__``, which cannot
+be loaded with ``weights_only=True``; that is why this is written here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from edgecompress.errors import EdgeCompressError
+
+ARCH_ATTR = "_edgecompress_arch"  # set by zoo.build / model loading: how to rebuild the architecture
+_SCALARS = (int, float, bool, str)
+
+
+def _scalar_attrs(module: nn.Module) -> dict[str, Any]:
+    attrs = {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or key == "training":
+            continue
+        if isinstance(value, _SCALARS) or (
+            isinstance(value, (tuple, list)) and all(isinstance(v, _SCALARS) for v in value)
+        ):
+            attrs[key] = list(value) if isinstance(value, tuple) else value
+    return attrs
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_model(model: nn.Module, directory: Path) -> Path:
+    """Write ``model.safetensors`` + ``model.json`` into ``directory`` atomically; return the json path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = directory / "model.safetensors.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, directory / "model.safetensors")
+    meta = {
+        "arch": getattr(model, ARCH_ATTR, None),
+        "modules": {name: _scalar_attrs(m) for name, m in model.named_modules()},
+        "tuples": {name: [k for k, v in vars(m).items() if isinstance(v, tuple)] for name, m in model.named_modules()},
+        "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
+    }
+    path = directory / "model.json"
+    _atomic_write_text(path, json.dumps(meta))
+    return path
+
+
+def load_model(directory: Path, build: Callable[[dict | None], nn.Module]) -> nn.Module:
+    """Rebuild a model saved by :func:`save_model`. ``build(arch)`` returns a fresh model of the original
+    architecture (``arch`` is the saved descriptor, or None when the model had none)."""
+    meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
+    try:
+        meta = json.loads(meta_path.read_text())
+        state = load_file(str(weights_path))
+    except (OSError, json.JSONDecodeError, SafetensorError) as err:
+        raise EdgeCompressError(
+            f"checkpoint is missing or corrupt ({err})", where=str(directory),
+            fix="rerun without --resume (use --force to replace the run directory)",
+        ) from err
+    model = build(meta.get("arch"))
+    modules = dict(model.named_modules())
+    for name, attrs in meta["modules"].items():
+        if name not in modules:
+            raise EdgeCompressError(
+                f"checkpoint has module {name!r} that the rebuilt architecture lacks", where=str(directory),
+                fix="resume with the same model and recipe that created the run",
+            )
+        tuples = set(meta["tuples"].get(name, []))
+        for key, value in attrs.items():
+            setattr(modules[name], key, tuple(value) if key in tuples else value)
+    for key, tensor in state.items():
+        owner, _, leaf = key.rpartition(".")
+        module = modules[owner]
+        if leaf in module._parameters:
+            grad = meta["requires_grad"].get(key, True)
+            module._parameters[leaf] = nn.Parameter(tensor, requires_grad=grad)
+        elif leaf in module._buffers:
+            module._buffers[leaf] = tensor
+        else:
+            raise EdgeCompressError(f"checkpoint tensor {key!r} has no place in the model", where=str(directory))
+    if ARCH_ATTR in vars(model) or meta.get("arch") is not None:
+        setattr(model, ARCH_ATTR, meta.get("arch"))
+    return model.eval()
+
+

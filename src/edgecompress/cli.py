@@ -1,0 +1,161 @@
+"""The ``edgecompress`` command line: run, methods, inspect, bench, report."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.ui import console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compress PyTorch networks for edge devices and prove every gain on a real runtime.")
+out_console = type(console)()  # stdout, for tables and results
+
+
+def _fail(err: EdgeCompressError) -> None:
+    console.print(f"[bold red]error:[/] {err}", highlight=False, markup=False)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    recipe: Optional[Path] = typer.Argument(None, help="recipe YAML (default: the packaged `default` recipe)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default: runs/<recipe>-<time>)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory"),
+    force: bool = typer.Option(False, "--force", help="replace an existing run directory"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow loading pickled full models (runs code)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+    strict: bool = typer.Option(False, "--strict", help="exit with code 1 when a target is missed"),
+) -> None:
+    """Run a compression recipe and print the per-stage table and the report path."""
+    from edgecompress.pipeline import Pipeline
+    from edgecompress.recipe import load_recipe
+    from edgecompress.report import checks_table, stage_table
+
+    try:
+        if resume is not None:
+            out = resume
+            chosen = recipe or resume / "recipe.yaml"
+        else:
+            chosen = recipe or Path("default")
+        parsed = load_recipe(chosen)
+        out = out or Path("runs") / f"{parsed.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        result = Pipeline(parsed, out, resume=resume is not None, force=force, trust_pickle=trust_pickle,
+                          progress=progress).run()
+    except EdgeCompressError as err:
+        _fail(err)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    out_console.print(stage_table(metrics))
+    out_console.print(checks_table(metrics))
+    out_console.print(f"artifact: {result.artifact.path}")
+    out_console.print(f"report:   {result.report}")
+    if strict and not all(c["passed"] for c in result.checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+def methods(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """List every registered stage with its summary and config fields (defaults)."""
+    from edgecompress.registry import all_stages
+
+    stages = all_stages()
+    if as_json:
+        out_console.print_json(json.dumps({s.name: s.config.model_json_schema() for s in stages}))
+        return
+    table = Table(show_lines=True, title="edgecompress stages")
+    table.add_column("method", style="bold cyan", no_wrap=True)
+    table.add_column("what it does")
+    table.add_column("fields (default)")
+    for s in stages:
+        fields = [f"{k} = {f.default!r}" + (f"  [dim]{f.description}[/]" if f.description else "")
+                  for k, f in s.config.model_fields.items()]
+        table.add_row(s.name, s.summary, "\n".join(fields))
+    out_console.print(table)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise EdgeCompressError(f"bad shape {text!r}", fix="write it as comma-separated ints, e.g. 1,28,28") from None
+
+
+@app.command()
+def inspect(
+    model: str = typer.Argument(..., help="zoo name, recipe YAML, package.module:callable, or .pt2 archive"),
+    input_shape: str = typer.Option("3,32,32", "--input-shape", help="per-sample input shape, e.g. 1,28,28"),
+    classes: int = typer.Option(10, "--classes", help="number of classes"),
+    arch: Optional[str] = typer.Option(None, "--arch", help="zoo name or callable for a weights file"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow loading pickled full models"),
+) -> None:
+    """Parameters, MACs, a per-layer table, and which layers can be pruned structurally (and why not)."""
+    from edgecompress.inspection import inspect_model, load_for_inspect
+
+    try:
+        net, shape = load_for_inspect(model, _parse_shape(input_shape), classes, arch, trust_pickle)
+        report = inspect_model(net, shape)
+    except EdgeCompressError as err:
+        _fail(err)
+    out_console.print(f"[bold]{model}[/]  input {shape}  params {report['params']:,}  MACs {report['macs']:,}")
+    table = Table(title="layers")
+    for col in ("layer", "type", "in", "out", "params", "MACs", "structurally prunable"):
+        table.add_column(col, justify="right" if col in ("in", "out", "params", "MACs") else "left")
+    for row in report["layers"]:
+        ok, why = row["prunable"]
+        table.add_row(row["name"], row["type"], str(row.get("in_channels", row.get("in_features", ""))),
+                      str(row.get("out_channels", row.get("out_features", ""))), f"{row['params']:,}",
+                      f"{row['macs']:,}", "[green]yes[/]" if ok else f"[yellow]no[/]: {why}")
+    out_console.print(table)
+
+
+@app.command()
+def bench(
+    artifact: Path = typer.Argument(..., help="exported model: .onnx (ONNX Runtime) or .pt2 (torch)"),
+    threads: int = typer.Option(1, "--threads", min=1, help="runtime threads"),
+    batch: int = typer.Option(1, "--batch", min=1, help="batch size"),
+    repeats: int = typer.Option(100, "--repeats", min=1, help="timed runs"),
+    warmup: int = typer.Option(10, "--warmup", min=0, help="untimed runs first"),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="per-sample shape if not in the file"),
+) -> None:
+    """Latency p50/p95, throughput and peak memory of an exported model in its runtime."""
+    from edgecompress.inspection import artifact_from_file
+    from edgecompress.measure import benchmark
+
+    try:
+        art, shape = artifact_from_file(artifact, _parse_shape(input_shape) if input_shape else None)
+        res = benchmark(art, shape, threads=threads, batch=batch, warmup=warmup, repeats=repeats)
+    except EdgeCompressError as err:
+        _fail(err)
+    table = Table(title=f"{artifact.name} in {art.runtime} ({threads} threads, batch {batch})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("size on disk", f"{art.size_bytes / 1024:,.1f} KiB")
+    for key, value in res.items():
+        table.add_row(key, f"{value:,.3f}" if isinstance(value, float) else str(value))
+    out_console.print(table)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run directory made by `edgecompress run`")) -> None:
+    """Rebuild report.html from a run directory and print its tables."""
+    from edgecompress.report import build_report, checks_table, stage_table
+    from edgecompress.rundir import METRICS, read_json
+
+    try:
+        path = build_report(run_dir)
+        metrics = read_json(run_dir / METRICS)
+    except EdgeCompressError as err:
+        _fail(err)
+    out_console.print(stage_table(metrics))
+    if metrics.get("checks"):
+        out_console.print(checks_table(metrics))
+    out_console.print(f"report: {path}")
+
+

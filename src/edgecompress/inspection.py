@@ -1,0 +1,83 @@
+"""What `edgecompress inspect` and `edgecompress bench` need: load a model or artifact from a command-line
+argument, and describe a model layer by layer (including which layers can be pruned structurally)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from edgecompress import zoo
+from edgecompress.errors import EdgeCompressError
+from edgecompress.export import Artifact
+from edgecompress.measure import count_macs, count_params, layer_table
+from edgecompress.prune.analysis import prunability
+from edgecompress.zoo.loading import ModelSpec, check_input, load_model
+
+
+def load_for_inspect(arg: str, input_shape: tuple[int, ...], classes: int, arch: str | None,
+                     trust_pickle: bool) -> tuple[nn.Module, tuple[int, ...]]:
+    """A model from a zoo name, a recipe file, ``package.module:callable``, a .pt2 archive, a weights file
+    (with ``arch``) or a pickled model (with ``trust_pickle``)."""
+    path = Path(arg)
+    if path.suffix in (".yaml", ".yml"):
+        from edgecompress import baseline
+        from edgecompress.data.datasets import load_task
+        from edgecompress.recipe import load_recipe
+
+        recipe = load_recipe(path)
+        task = load_task(recipe.data)
+        return baseline.load(recipe, task, trust_pickle=trust_pickle, train=False), task.input_shape
+    arch_key = {"zoo": arch} if arch in zoo.names() else {"callable": arch} if arch else {}
+    if path.suffix == ".pt2":
+        spec = ModelSpec(archive=path)
+    elif path.suffix in (".safetensors", ".pt", ".pth", ".bin") and arch:
+        spec = ModelSpec(weights=path, **arch_key)
+    elif path.suffix in (".pt", ".pth", ".pkl"):
+        spec = ModelSpec(pickle=path)
+    elif ":" in arg:
+        spec = ModelSpec(callable=arg)
+    else:
+        spec = ModelSpec(zoo=arg)
+    model = load_model(spec, input_shape, classes, trust_pickle=trust_pickle)
+    check_input(model, input_shape)
+    return model, input_shape
+
+
+def inspect_model(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
+    example = torch.zeros(1, *input_shape)
+    prunable = prunability(model, example)
+    layers = layer_table(model, example)
+    for row in layers:
+        row["prunable"] = prunable.get(row["name"], (False, "not a Conv/Linear layer"))
+    return {"params": count_params(model), "macs": count_macs(model, example), "layers": layers}
+
+
+def artifact_from_file(path: Path, input_shape: tuple[int, ...] | None) -> tuple[Artifact, tuple[int, ...]]:
+    """Wrap an exported file as an Artifact and find its per-sample input shape."""
+    if not path.is_file():
+        raise EdgeCompressError("artifact file not found", where=str(path), fix="pass an exported .onnx or .pt2 file")
+    if path.suffix == ".onnx":
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        data = path.with_name(path.name + ".data")
+        art = Artifact(path, "onnx", "onnxruntime", "int8" if _is_quantized(proto) else "fp32",
+                       [data] if data.exists() else [])
+        dims = proto.graph.input[0].type.tensor_type.shape.dim[1:]
+        shape = input_shape or tuple(d.dim_value for d in dims)
+    elif path.suffix == ".pt2":
+        art = Artifact(path, "pytorch", "torch")
+        shape = input_shape
+    else:
+        raise EdgeCompressError(f"unknown artifact type {path.suffix!r}", where=str(path),
+                                fix="bench takes .onnx (ONNX Runtime) or .pt2 (torch.export) files")
+    if not shape or not all(shape):
+        raise EdgeCompressError("cannot tell the input shape from the file", where=str(path),
+                                fix="pass --input-shape, e.g. --input-shape 1,28,28")
+    return art, tuple(shape)
+
+
+def _is_quantized(proto) -> bool:
+    return any(n.op_type in ("QuantizeLinear", "QLinearConv", "MatMulInteger", "ConvInteger") for n in proto.graph.node)

@@ -1,0 +1,204 @@
+"""Run a recipe: baseline, then each stage; measure the deployable artifact after every stage;
+checkpoint each stage so a crashed run resumes after the last finished one with the same result."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgecompress import baseline, registry, rundir
+from edgecompress.checkpoint import load_model, save_model
+from edgecompress.context import StageContext, StageOutput
+from edgecompress.data.datasets import load_task
+from edgecompress.data.task import Task
+from edgecompress.export import Artifact, export
+from edgecompress.measure import layer_table, measure
+from edgecompress.recipe import Recipe
+from edgecompress.ui import console
+
+log = logging.getLogger("edgecompress")
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the compressed PyTorch model, the deployable artifact, and the measurements."""
+
+    model: nn.Module
+    artifact: Artifact
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    checks: list[dict[str, Any]]
+    run_dir: Path
+    report: Path | None
+
+    def export(self, path: str | Path) -> Path:
+        """Copy the deployable artifact (every file it needs) to ``path`` (a file name for the main file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.artifact.path, path)
+        for extra in self.artifact.extra_files:
+            shutil.copyfile(extra, path.parent / extra.name)
+        return path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Pipeline:
+    """One run of a recipe into a run directory. ``model``/``task`` override the recipe's when given."""
+
+    def __init__(self, recipe: Recipe, out: Path, *, model: nn.Module | None = None, task: Task | None = None,
+                 resume: bool = False, force: bool = False, trust_pickle: bool = False, progress: bool = True,
+                 report: bool = True):
+        self.recipe, self.out, self.user_model = recipe, Path(out), model
+        self.resume, self.force, self.trust_pickle = resume, force, trust_pickle
+        self.progress, self.make_report = progress, report
+        self.task = task
+
+    # -- model building -------------------------------------------------------------------------------
+    def _build(self, arch: dict | None) -> nn.Module:
+        """A fresh model of the architecture a checkpoint was saved from."""
+        if arch is not None:
+            return baseline.build_from_arch(arch)
+        if self.user_model is not None:
+            return copy.deepcopy(self.user_model)
+        return baseline.load(self.recipe, self.task, trust_pickle=self.trust_pickle, train=False)
+
+    def _checkpoint(self, entry: dict) -> nn.Module:
+        return load_model(self.out / entry["checkpoint"], self._build)
+
+    # -- one stage ------------------------------------------------------------------------------------
+    def _record(self, index: int, name: str, method: str, model: nn.Module, artifact: Artifact | None,
+                info: dict, seconds: float) -> dict:
+        sdir = rundir.stage_dir(self.out, index, name)
+        example = self.task.example_inputs(1)
+        if artifact is None:
+            artifact = export(model, example, sdir, self.recipe.export)
+        metrics = measure(model, artifact, self.task, self.recipe.export)
+        metrics["stage_seconds"] = round(seconds, 3)
+        save_model(model, sdir)
+        return {
+            "index": index, "name": name, "method": method, "metrics": metrics,
+            "layers": layer_table(model, example), "info": info,
+            "checkpoint": str(sdir.relative_to(self.out)),
+            "artifact": {**artifact.to_json(), "path": str(artifact.path.relative_to(self.out)),
+                         "extra_files": [str(p.relative_to(self.out)) for p in artifact.extra_files]},
+        }
+
+    def _run_stage(self, index: int, entry, model: nn.Module, teacher: nn.Module) -> dict:
+        stage = registry.get(entry.method)
+        sdir = rundir.stage_dir(self.out, index, entry.name)
+        ctx = StageContext(task=self.task, teacher=teacher, seed=self.recipe.seed + index, workdir=sdir,
+                           export=self.recipe.export, progress=self.progress)
+        seed_everything(ctx.seed)
+        console.print(f"[bold cyan]stage {index}[/] {entry.name}")
+        start = time.perf_counter()
+        result = stage(copy.deepcopy(model), entry.config, ctx)
+        seconds = time.perf_counter() - start
+        out = result if isinstance(result, StageOutput) else StageOutput(result)
+        return self._record(index, entry.name, entry.method, out.model, out.artifact, ctx.info, seconds)
+
+    # -- whole run ------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        rundir.prepare(self.out, resume=self.resume, force=self.force)
+        handler = logging.FileHandler(self.out / "run.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        try:
+            return self._run()
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+
+    def _load_state(self) -> list[dict]:
+        if not self.resume:
+            rundir.write_atomic(self.out / rundir.RECIPE, self.recipe.to_yaml())
+            rundir.write_json(self.out / rundir.STATE, {"fingerprint": self.recipe.fingerprint(), "completed": -1})
+            return []
+        state = rundir.read_json(self.out / rundir.STATE)
+        if state["fingerprint"] != self.recipe.fingerprint():
+            raise rundir.EdgeCompressError(
+                "the recipe differs from the one this run was started with", where=str(self.out / rundir.RECIPE),
+                fix="resume without a recipe argument (the run's own recipe.yaml is used), or start a new run")
+        if state["completed"] < 0:
+            return []
+        history = rundir.read_json(self.out / rundir.METRICS)["history"]
+        return history[: state["completed"] + 1]
+
+    def _save(self, history: list[dict], extra: dict | None = None) -> None:
+        rundir.write_json(self.out / rundir.METRICS, self._metrics_doc(history, extra or {}))
+        state = {"fingerprint": self.recipe.fingerprint(), "completed": len(history) - 1}
+        rundir.write_json(self.out / rundir.STATE, state)
+
+    def _metrics_doc(self, history: list[dict], extra: dict) -> dict:
+        r = self.recipe
+        model_name = (r.model.zoo or r.model.callable or "file") if r.model else type(self.user_model).__name__
+        return {"recipe": r.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": r.seed,
+                "model": model_name, "dataset": self.task.name,
+                "export": r.export.model_dump(), "targets": r.targets.model_dump(), "history": history, **extra}
+
+    def _run(self) -> RunResult:
+        started = time.perf_counter()
+        if self.task is None:
+            self.task = load_task(self.recipe.data)
+        history = self._load_state()
+        if history:
+            console.print(f"resuming after stage {history[-1]['index']} ({history[-1]['name']})")
+            teacher, model = self._checkpoint(history[0]), self._checkpoint(history[-1])
+        else:
+            seed_everything(self.recipe.seed)
+            start = time.perf_counter()
+            model = (copy.deepcopy(self.user_model) if self.user_model is not None else
+                     baseline.load(self.recipe, self.task, trust_pickle=self.trust_pickle, progress=self.progress))
+            baseline.check_input(model, self.task.input_shape)
+            console.print("[bold cyan]stage 0[/] baseline")
+            history.append(self._record(0, "baseline", "baseline", model, None, {}, time.perf_counter() - start))
+            self._save(history)
+            teacher = model
+        teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+        for index, entry in enumerate(self.recipe.stages, start=1):
+            if index < len(history):
+                continue
+            history.append(self._run_stage(index, entry, model, teacher))
+            self._save(history)
+            model = self._checkpoint(history[-1])  # the exact model a resumed run would continue from
+            log.info("stage %d %s done: %s", index, entry.name, history[-1]["metrics"])
+        return self._finish(history, model, started)
+
+    def _finish(self, history: list[dict], model: nn.Module, started: float) -> RunResult:
+        from edgecompress.summary import checks, summarize
+
+        final = history[-1]
+        artifact = Artifact.from_json({**final["artifact"], "path": str(self.out / final["artifact"]["path"]),
+                                       "extra_files": [str(self.out / p) for p in final["artifact"]["extra_files"]]})
+        dest = self.out / "artifacts"
+        dest.mkdir(exist_ok=True)
+        for f in artifact.files:
+            shutil.copyfile(f, dest / f.name)
+        artifact = Artifact(dest / artifact.path.name, artifact.format, artifact.runtime, artifact.precision,
+                            [dest / p.name for p in artifact.extra_files])
+        save_model(model, dest)
+        summary = summarize(history)
+        summary["run_seconds"] = round(time.perf_counter() - started, 2)
+        results = checks(history, self.recipe.targets)
+        self._save(history, {"summary": summary, "checks": results})
+        report = None
+        if self.make_report:
+            from edgecompress.report import build_report
+
+            report = build_report(self.out)
+        return RunResult(model, artifact, history, summary, results, self.out, report)

@@ -1,0 +1,151 @@
+"""Self-contained HTML report of a run directory: inline CSS, plots as data: URIs, nothing fetched from the web."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader
+
+from edgecompress import __version__
+from edgecompress.errors import EdgeCompressError
+from edgecompress.report.plots import make_plots
+from edgecompress.report.table import (
+    COLUMNS,
+    DASH,
+    check_rows,
+    fmt_sig,
+    fmt_value,
+    history,
+    number,
+    stage_metrics,
+    stage_rows,
+)
+
+# Headline cards: (summary key, label, unit, keyword that ties a target check to the card).
+CARDS = [
+    ("size_reduction", "Size reduction", "×", "size"),
+    ("macs_reduction", "MACs reduction", "×", "macs"),
+    ("accuracy_drop_points", "Accuracy drop", "pts", "accuracy"),
+    ("latency_speedup", "Latency speed-up", "×", "latency"),
+]
+LIST_PREVIEW = 24  # lists of scalars in stage details longer than this are cut, with a count of the rest
+
+
+def load_metrics(run_dir: Path) -> dict:
+    """Read ``run_dir/metrics.json``, raising EdgeCompressError when it is missing or not a JSON object."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise EdgeCompressError(
+            "no metrics.json in the run directory", where=str(path),
+            fix="run `edgecompress run` first (it writes metrics.json), or pass the directory of an existing run",
+        )
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise EdgeCompressError(
+            f"metrics.json is not valid JSON ({err})", where=str(path),
+            fix="re-run the pipeline (`edgecompress run`) to rewrite it; the file may be truncated or hand-edited",
+        ) from err
+    if not isinstance(metrics, dict):
+        raise EdgeCompressError(
+            f"metrics.json holds a JSON {type(metrics).__name__}, not an object", where=str(path),
+            fix="re-run the pipeline (`edgecompress run`) to rewrite it",
+        )
+    return metrics
+
+
+def _duration(seconds: Any) -> str:
+    """Seconds as '42.0 s', '3 min 05 s' or '1 h 02 min'."""
+    s = number(seconds)
+    if s is None:
+        return DASH
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
+def _cards(metrics: dict) -> list[dict[str, Any]]:
+    """Headline numbers from the run summary, each with the target checks that concern it."""
+    summary = metrics.get("summary") if isinstance(metrics.get("summary"), dict) else {}
+    checks = check_rows(metrics)
+    cards = []
+    for key, label, unit, keyword in CARDS:
+        value = number(summary.get(key))
+        text = DASH if value is None else (f"{value:.2f}" if unit == "pts" else f"{value:.1f}")
+        related = [c for c in checks if keyword in c["key"].lower()]
+        cards.append({"label": label, "value": text, "unit": unit if value is not None else "", "checks": related})
+    cards.append({"label": "Compression time", "value": _duration(summary.get("total_seconds")), "unit": "",
+                  "checks": []})
+    return cards
+
+
+def _energy_sources(metrics: dict) -> list[str]:
+    """The distinct energy sources named by the stages, in order of appearance."""
+    sources = [stage_metrics(e).get("energy_source") for e in history(metrics)]
+    return list(dict.fromkeys(str(s) for s in sources if s))
+
+
+def _dict_columns(rows: list) -> list[str]:
+    """The union of the keys of a list of dicts, in first-seen order (for rendering it as a table)."""
+    return list(dict.fromkeys(key for row in rows if isinstance(row, dict) for key in row))
+
+
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("edgecompress.report", "templates"), autoescape=True,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(value=fmt_value, sig=fmt_sig, dict_columns=_dict_columns)
+    env.globals.update(DASH=DASH, LIST_PREVIEW=LIST_PREVIEW, version=__version__)
+    return env
+
+
+def _deployment(metrics: dict) -> dict[str, str]:
+    """Format, runtime, threads and batch of the measured artifact: from ``export``, else the last stage's metrics."""
+    export = metrics.get("export") if isinstance(metrics.get("export"), dict) else {}
+    entries = history(metrics)
+    last = stage_metrics(entries[-1]) if entries else {}
+    return {key: fmt_value(export.get(key, last.get(key))) for key in ("format", "runtime", "threads", "batch")}
+
+
+def render_report(metrics: dict) -> str:
+    """The report for ``metrics`` (the parsed metrics.json) as one HTML string."""
+    deploy = _deployment(metrics)
+    meta = [("recipe", fmt_value(metrics.get("recipe"))), ("format", deploy["format"]),
+            ("runtime", deploy["runtime"]), ("threads", deploy["threads"]), ("batch", deploy["batch"]),
+            ("seed", fmt_value(metrics.get("seed"))), ("created", fmt_value(metrics.get("created")).replace("T", " "))]
+    setup = [f"{deploy['format']} in {deploy['runtime']}", f"{deploy['threads']} thread(s)", f"batch {deploy['batch']}"]
+    checks = check_rows(metrics)
+    return _environment().get_template("report.html").render(
+        m=metrics,
+        meta=[(label, value) for label, value in meta if value != DASH],
+        setup=", ".join(part for part in setup if DASH not in part),
+        cards=_cards(metrics) if isinstance(metrics.get("summary"), dict) else [],
+        columns=[(key, header) for key, header in COLUMNS if key not in ("stage", "precision")],  # shown together
+        rows=stage_rows(metrics),
+        checks=checks,
+        failed=sum(c["passed"] is False for c in checks),
+        plots=make_plots(metrics),
+        stages=history(metrics),
+        energy_sources=_energy_sources(metrics),
+    )
+
+
+def build_report(run_dir: Path) -> Path:
+    """Render ``run_dir/metrics.json`` into ``run_dir/report.html`` (written atomically) and return its path."""
+    run_dir = Path(run_dir)
+    html = render_report(load_metrics(run_dir))
+    target = run_dir / "report.html"
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".report.", suffix=".html.tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(html)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

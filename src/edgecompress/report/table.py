@@ -1,0 +1,197 @@
+"""Stage and target-check tables of a run's metrics (rich for the terminal; the same rows feed the HTML report).
+
+Every value may be missing from ``metrics.json``; a missing or non-numeric value is shown as an em dash.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+DASH = "—"
+
+# (key, header) of each stage column, in display order. ``terminal`` below picks the ones that fit 120 columns.
+COLUMNS: list[tuple[str, str]] = [
+    ("stage", "Stage"),
+    ("precision", "Precision"),
+    ("accuracy", "Acc %"),
+    ("f1", "F1 %"),
+    ("params", "Params"),
+    ("nonzero", "Non-zero"),
+    ("macs", "MACs"),
+    ("size", "Size"),
+    ("p50", "p50 ms"),
+    ("p95", "p95 ms"),
+    ("throughput", "Samples/s"),
+    ("memory", "Mem MiB"),
+    ("energy", "Energy mJ"),
+    ("seconds", "Time s"),
+    ("size_x", "Size ×"),
+    ("macs_x", "MACs ×"),
+]
+# Terminal headers wrap onto two lines to keep columns narrow; None leaves the column out (it stays in the HTML).
+TERMINAL_HEADERS = {
+    "precision": None, "f1": None, "accuracy": "Acc\n%", "nonzero": "Non-\nzero", "p50": "p50\nms", "p95": "p95\nms",
+    "throughput": "Samp.\n/s", "memory": "Mem\nMiB", "energy": "Energy\nmJ", "seconds": "Time\ns",
+    "size_x": "Size\n×", "macs_x": "MACs\n×",
+}
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a finite float, or None when it is missing, a bool or not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def fmt_sig(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits and no exponent (0.0612 -> '0.0612', 153.2 -> '153')."""
+    v = number(value)
+    if v is None:
+        return DASH
+    if v == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(v))))
+    return f"{v:.{decimals}f}"
+
+
+def fmt_count(value: Any) -> str:
+    """A count with a k/M/G suffix (11000000 -> '11.0M')."""
+    v = number(value)
+    if v is None:
+        return DASH
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.1f}{suffix}"
+    return f"{v:.0f}"
+
+
+def fmt_bytes(value: Any) -> str:
+    """A byte count in B/KiB/MiB/GiB (395000 -> '385.7 KiB')."""
+    v = number(value)
+    if v is None:
+        return DASH
+    for scale, unit in ((1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB")):
+        if abs(v) >= scale:
+            return f"{v / scale:.1f} {unit}"
+    return f"{v:.0f} B"
+
+
+def fmt_percent(fraction: Any) -> str:
+    """A fraction in [0, 1] as a percentage with two decimals (0.981 -> '98.10')."""
+    v = number(fraction)
+    return DASH if v is None else f"{100 * v:.2f}"
+
+
+def fmt_ratio(baseline: Any, value: Any) -> str:
+    """How many times smaller ``value`` is than ``baseline`` ('14.2×'), or a dash."""
+    b, v = number(baseline), number(value)
+    return DASH if b is None or not v else f"{b / v:.1f}×"
+
+
+def fmt_value(value: Any) -> str:
+    """Any scalar for display: numbers with up to 4 significant digits, None as a dash, the rest as text."""
+    if value is None:
+        return DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def history(metrics: dict) -> list[dict]:
+    """The run's stage entries that are dicts (an absent or malformed history gives an empty list)."""
+    entries = metrics.get("history")
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def stage_metrics(entry: dict) -> dict:
+    """The ``metrics`` dict of one history entry (empty when missing)."""
+    values = entry.get("metrics")
+    return values if isinstance(values, dict) else {}
+
+
+def stage_rows(metrics: dict) -> list[dict[str, str]]:
+    """One dict of formatted cells per history entry, keyed by the keys of ``COLUMNS``.
+
+    Ratios compare each stage with the baseline (the first entry): 'Size ×' = baseline size / stage size.
+    """
+    entries = history(metrics)
+    base = stage_metrics(entries[0]) if entries else {}
+    rows = []
+    for entry in entries:
+        m = stage_metrics(entry)
+        rows.append({
+            "stage": str(entry.get("name", DASH)),
+            "precision": fmt_value(m.get("precision")),
+            "accuracy": fmt_percent(m.get("accuracy")),
+            "f1": fmt_percent(m.get("f1_macro")),
+            "params": fmt_count(m.get("params")),
+            "nonzero": fmt_count(m.get("nonzero_params")),
+            "macs": fmt_count(m.get("macs")),
+            "size": fmt_bytes(m.get("size_bytes")),
+            "p50": fmt_sig(m.get("latency_p50_ms")),
+            "p95": fmt_sig(m.get("latency_p95_ms")),
+            "throughput": DASH if number(m.get("throughput_sps")) is None else f"{m['throughput_sps']:,.0f}",
+            "memory": fmt_sig(m.get("peak_memory_mb")),
+            "energy": fmt_sig(m.get("energy_mj")),
+            "seconds": fmt_sig(m.get("stage_seconds")),
+            "size_x": fmt_ratio(base.get("size_bytes"), m.get("size_bytes")),
+            "macs_x": fmt_ratio(base.get("macs"), m.get("macs")),
+        })
+    return rows
+
+
+def stage_table(metrics: dict) -> Table:
+    """A compact rich table (fits 120 columns) with one row per stage of the run."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold",
+                  title="Stages", title_justify="left")
+    columns = [(key, TERMINAL_HEADERS.get(key, header)) for key, header in COLUMNS]
+    columns = [(key, header) for key, header in columns if header]
+    for key, header in columns:
+        if key == "stage":
+            table.add_column(header, style="cyan", no_wrap=True, max_width=20, overflow="ellipsis")
+        else:
+            table.add_column(header, justify="right", no_wrap=True)
+    for row in stage_rows(metrics):
+        table.add_row(*(row[key] for key, _ in columns))
+    return table
+
+
+def check_rows(metrics: dict) -> list[dict[str, Any]]:
+    """The run's target checks as display dicts: target (readable), wanted, got, passed (bool or None)."""
+    checks = metrics.get("checks")
+    rows = []
+    for check in checks if isinstance(checks, list) else []:
+        if isinstance(check, dict):
+            passed = check.get("passed")
+            rows.append({
+                "key": str(check.get("target", "")),
+                "target": str(check.get("target", DASH)).replace("_", " "),
+                "wanted": fmt_value(check.get("wanted")),
+                "got": fmt_value(check.get("got")),
+                "passed": passed if isinstance(passed, bool) else None,
+            })
+    return rows
+
+
+def checks_table(metrics: dict) -> Table:
+    """A rich table of the run's target checks, passes in green and failures in red."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold", title="Targets",
+                  title_justify="left")
+    table.add_column("Target")
+    table.add_column("Wanted", justify="right")
+    table.add_column("Got", justify="right")
+    table.add_column("Result")
+    for row in check_rows(metrics):
+        result = {True: "[green]PASS[/]", False: "[bold red]FAIL[/]"}.get(row["passed"], DASH)
+        table.add_row(row["target"], row["wanted"], row["got"], result)
+    if not table.row_count:
+        table.caption = "no targets set"
+    return table

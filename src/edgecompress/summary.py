@@ -1,0 +1,47 @@
+"""Run summary (final artifact vs the baseline) and target checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgecompress.recipe import Targets
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
+    base, final = history[0]["metrics"], history[-1]["metrics"]
+    drop = None
+    if "accuracy" in base and "accuracy" in final:
+        drop = round((base["accuracy"] - final["accuracy"]) * 100, 3)
+    return {
+        "size_reduction": _ratio(base.get("size_bytes"), final.get("size_bytes")),
+        "macs_reduction": _ratio(base.get("macs"), final.get("macs")),
+        "params_reduction": _ratio(base.get("params"), final.get("params")),
+        "accuracy_drop_points": drop,
+        "latency_speedup": _ratio(base.get("latency_p50_ms"), final.get("latency_p50_ms")),
+        "total_seconds": round(sum(h["metrics"].get("stage_seconds", 0.0) for h in history), 2),
+    }
+
+
+_CHECKS = {  # target -> (summary or final-metric key, passes(got, wanted))
+    "max_accuracy_drop": ("accuracy_drop_points", lambda got, wanted: got <= wanted),
+    "min_size_reduction": ("size_reduction", lambda got, wanted: got >= wanted),
+    "min_macs_reduction": ("macs_reduction", lambda got, wanted: got >= wanted),
+    "max_latency_ms": ("latency_p50_ms", lambda got, wanted: got <= wanted),
+}
+
+
+def checks(history: list[dict[str, Any]], targets: Targets) -> list[dict[str, Any]]:
+    summary = summarize(history)
+    values = {**history[-1]["metrics"], **summary}
+    out = []
+    for target, wanted in targets.model_dump().items():
+        if wanted is None:
+            continue
+        key, passes = _CHECKS[target]
+        got = values.get(key)
+        out.append({"target": target, "wanted": wanted, "got": got, "passed": got is not None and passes(got, wanted)})
+    return out

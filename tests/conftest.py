@@ -1,0 +1,20 @@
+"""Shared fixtures: an isolated baseline cache and small real-data tasks."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGECOMPRESS_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def digits_task():
+    from edgecompress.data import DataSpec, load_task
+
+    return load_task(DataSpec(dataset="digits"))
