@@ -1,0 +1,46 @@
+"""Latency, throughput and peak memory of an artifact in its runtime, timed in a separate process.
+
+A fresh process per benchmark keeps the numbers honest: no memory of the calling process (the PyTorch model,
+the data) counts as the artifact's, and the runtime gets the thread count it is asked for. The worker runs as
+a script (``python -P``, so its folder does not shadow modules on sys.path) to keep torch out of ONNX runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgecompress.errors import EdgeCompressError
+
+if TYPE_CHECKING:
+    from edgecompress.export.artifact import Artifact
+
+WORKER = Path(__file__).with_name("_bench_worker.py")
+
+
+def benchmark(artifact: Artifact, input_shape: Sequence[int], *, threads: int = 1, batch: int = 1,
+              warmup: int = 10, repeats: int = 50) -> dict[str, float | None]:
+    """Time ``artifact`` on a fixed random float32 batch of shape ``[batch, *input_shape]``.
+
+    Returns latency_p50_ms, latency_p95_ms, latency_mean_ms (per batch), throughput_sps (samples/s =
+    batch / mean latency), peak_memory_mb (model load + inference in MiB, the runtime's import excluded),
+    load_s (model load time) and rapl_energy_mj (RAPL energy per sample, None where RAPL is not readable).
+    """
+    for f in artifact.files:
+        if not Path(f).is_file():
+            raise EdgeCompressError("artifact file not found", where=str(f), fix="export the model again")
+    cfg = {"path": str(artifact.path), "runtime": artifact.runtime, "input_shape": list(input_shape),
+           "threads": threads, "batch": batch, "warmup": warmup, "repeats": repeats}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-P", str(WORKER), json.dumps(cfg)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        last = proc.stderr.strip().splitlines()[-1:] or ["no error output"]
+        raise EdgeCompressError(f"benchmark worker failed: {last[0]}", where=str(artifact.path),
+                                fix="check that the artifact runs: artifact.runner()(batch)")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
