@@ -1,0 +1,345 @@
+"""``quant.ptq``: static INT8 post-training quantization, realised in the deployable artifact.
+
+Two backends, chosen by ``backend`` (``auto`` follows ``export.format``):
+
+* **onnxruntime** (format ``onnx``): FP32 ONNX export, ``quant_pre_process`` (shape inference + graph
+  optimisation), then ``quantize_static`` in QDQ format with a calibration data reader. The artifact is
+  ``model_int8.onnx``, run by ONNX Runtime.
+* **torchao** (format ``pytorch``): PT2E — ``torch.export`` -> ``prepare_pt2e`` with the X86 Inductor
+  quantizer -> calibration -> ``convert_pt2e`` -> ``model_int8.pt2``, run by PyTorch. Loading that archive
+  needs ``import torchao`` first (it registers the ``quantized_decomposed`` ops).
+
+Both record in ``ctx.info`` how many samples calibrated the model and which nodes stayed in float. The
+helpers at the bottom are shared with ``quant.dynamic``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from edgecompress.context import StageContext, StageOutput
+from edgecompress.errors import EdgeCompressError
+from edgecompress.export.artifact import Artifact
+from edgecompress.registry import StageConfig, register
+
+if TYPE_CHECKING:
+    import onnx
+
+MIN_CALIB_SAMPLES = 8  # fewer samples give activation ranges too noisy to trust
+CALIB_BATCH = 32
+WEIGHTED_ONNX_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+Backend = Literal["auto", "onnxruntime", "torchao"]
+
+
+class PTQConfig(StageConfig):
+    """Settings of ``quant.ptq``."""
+
+    calib_samples: int = Field(
+        256, ge=MIN_CALIB_SAMPLES, le=100_000,
+        description="unlabeled training inputs used to calibrate activation ranges (fewer if the task has fewer)",
+    )
+    per_channel: bool = Field(True, description="one weight scale per output channel (else one per tensor)")
+    calibration: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="how activation ranges are chosen (entropy/percentile: onnxruntime backend only)",
+    )
+    symmetric_activations: bool = Field(
+        False, description="int8 activations with zero point 0 (default: uint8 with a zero point)",
+    )
+    exclude: list[str] = Field(
+        [], max_length=10_000,
+        description="module names (as in model.named_modules(), with everything inside) or ONNX node names "
+                    "kept in float",
+    )
+    backend: Backend = Field(
+        "auto", description="auto: follow export.format (onnx -> onnxruntime, pytorch -> torchao)",
+    )
+
+
+@register("quant.ptq", PTQConfig, produces_artifact=True)
+def ptq(model: nn.Module, config: PTQConfig, ctx: StageContext) -> StageOutput:
+    """Static INT8 post-training quantization (calibrated on unlabeled data), realised in the ONNX/PT2 artifact.
+
+    Weights int8 (per channel by default), activations uint8 with ranges from ``calib_samples`` unlabeled
+    training inputs (min/max by default). The float model is returned unchanged beside the INT8 artifact.
+    """
+    calib = calibration_inputs(ctx, config.calib_samples, "quant.ptq")
+    backend = resolve_backend(config.backend, ctx)
+    if backend == "onnxruntime":
+        artifact, report = _ptq_onnx(model, config, ctx, calib)
+    else:
+        artifact, report = _ptq_torchao(model, config, ctx, calib)
+    ctx.info.update(backend=backend, calibration=config.calibration, calibration_samples=len(calib), **report)
+    return StageOutput(model, artifact)
+
+
+# ---------------------------------------------------------------- ONNX Runtime
+
+
+class _CalibrationReader:
+    """An ONNX Runtime calibration data reader (it only needs ``get_next``) over in-memory inputs, in batches."""
+
+    def __init__(self, input_name: str, inputs: torch.Tensor):
+        self._batches = iter([{input_name: b.numpy()} for b in inputs.split(CALIB_BATCH)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def _ptq_onnx(model: nn.Module, config: PTQConfig, ctx: StageContext, calib: torch.Tensor) -> tuple[Artifact, dict]:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    fp32, prep = fp32_onnx(model, ctx, calib[:1])
+    prepped = onnx.load(str(prep))
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    out = prep.parent / "model_int8.onnx"
+    tmp = out.with_suffix(".tmp.onnx")
+    quantize_static(
+        str(prep), str(tmp), _CalibrationReader(prepped.graph.input[0].name, calib),
+        quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+        activation_type=QuantType.QInt8 if config.symmetric_activations else QuantType.QUInt8,
+        weight_type=QuantType.QInt8, calibrate_method=methods[config.calibration],
+        nodes_to_exclude=onnx_nodes_to_exclude(prepped, config.exclude, "quant.ptq"),
+        extra_options={"ActivationSymmetric": config.symmetric_activations},
+    )
+    tmp.replace(out)
+    prep.unlink()
+    report = _qdq_report(onnx.load(str(out)).graph)
+    report.update(fp32_bytes=fp32.size_bytes, int8_bytes=out.stat().st_size)
+    return Artifact(out, "onnx", "onnxruntime", "int8"), report
+
+
+def _qdq_report(graph: onnx.GraphProto) -> dict:
+    """Which compute nodes of a QDQ graph run quantized (fed by DequantizeLinear) and which stayed float."""
+    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    quantized, floating = Counter(), []
+    for n in graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        ins = [i in dq_outputs for i in n.input[: 2 if n.op_type in WEIGHTED_ONNX_OPS else 1] if i]
+        outs = [c == "QuantizeLinear" for o in n.output for c in consumers.get(o, ["<output>"])]
+        if ins and all(ins) or n.op_type not in WEIGHTED_ONNX_OPS and outs and all(outs):
+            quantized[n.op_type] += 1
+        else:
+            floating.append(f"{n.name} ({n.op_type})")
+    return {"quantized_ops": dict(quantized), "float_nodes": floating}
+
+
+# ---------------------------------------------------------------- torchao (PT2E)
+
+
+def _ptq_torchao(model: nn.Module, config: PTQConfig, ctx: StageContext, calib: torch.Tensor) -> tuple[Artifact, dict]:
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
+
+    model = copy.deepcopy(model).eval()
+    check_no_shared_modules(model, calib[:2])
+    quantizer = X86InductorQuantizer().set_global(_x86_config(config))
+    for name in check_module_names(model, config.exclude, "quant.ptq"):
+        quantizer.set_module_name_qconfig(name, None)
+    with torch.no_grad():
+        program = torch.export.export(model, (calib[:2],), dynamic_shapes=_DYNAMIC_BATCH)
+        prepared = prepare_pt2e(program.module(), quantizer)
+        for batch in calib.split(CALIB_BATCH):
+            prepared(batch)
+        converted = convert_pt2e(prepared)
+    _drop_unused_attributes(converted)
+    artifact = save_program(converted, calib[:2].clone(), ctx.scratch_dir() / "model_int8.pt2", "int8")
+    return artifact, {**_fx_report(converted.graph), "int8_bytes": artifact.size_bytes}
+
+
+def _drop_unused_attributes(graph_module: torch.fx.GraphModule) -> None:
+    """Delete the parameters and buffers no node reads: ``convert_pt2e`` folds int8 copies of the weights into
+    new attributes and leaves the float originals behind, which ``torch.export`` would otherwise save too."""
+    used = {n.target for n in graph_module.graph.nodes if n.op == "get_attr"}
+    called = tuple(f"{n.target}." for n in graph_module.graph.nodes if n.op == "call_module")
+    for name, _ in [*graph_module.named_parameters(), *graph_module.named_buffers()]:
+        if name not in used and not name.startswith(called):
+            owner, _, attr = name.rpartition(".")
+            delattr(graph_module.get_submodule(owner), attr)
+
+
+def _x86_config(config: PTQConfig):
+    """The X86 Inductor default recipe with this config's weight granularity, observer and activation sign."""
+    from torchao.quantization.pt2e import MinMaxObserver
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import get_default_x86_inductor_quantization_config
+
+    if config.calibration != "minmax":
+        raise EdgeCompressError(
+            f"calibration {config.calibration!r} is an ONNX Runtime calibrator", where="quant.ptq.calibration",
+            fix="use calibration: minmax with the torchao backend, or backend: onnxruntime",
+        )
+    base = get_default_x86_inductor_quantization_config()
+    observer = MinMaxObserver.with_args(eps=2**-12)
+    act = dataclasses.replace(base.input_activation, observer_or_fake_quant_ctr=observer)
+    if config.symmetric_activations:
+        act = dataclasses.replace(act, dtype=torch.int8, quant_min=-128, quant_max=127,
+                                  qscheme=torch.per_tensor_symmetric)
+    weight = base.weight
+    if not config.per_channel:
+        weight = dataclasses.replace(weight, qscheme=torch.per_tensor_symmetric, ch_axis=None,
+                                     observer_or_fake_quant_ctr=observer)
+    return dataclasses.replace(base, input_activation=act, output_activation=act, weight=weight)
+
+
+def _fx_report(graph: torch.fx.Graph) -> dict:
+    """Which aten ops of a converted PT2E graph run quantized (fed by a dequantize node) and which stayed float."""
+
+    def is_qdq(node) -> bool:
+        return isinstance(node, torch.fx.Node) and "quantized_decomposed" in str(node.target)
+
+    quantized, floating = Counter(), []
+    for n in graph.nodes:
+        if n.op != "call_function" or not str(n.target).startswith("aten.") or is_qdq(n):
+            continue
+        op = str(n.target).split(".")[1]
+        weighted = op.startswith("conv") or op == "linear"
+        ins = [is_qdq(a) for a in n.args[: 2 if weighted else 1]]
+        outs = [is_qdq(u) for u in n.users]
+        if ins and all(ins) or not weighted and outs and all(outs):
+            quantized[op] += 1
+        else:
+            stack = list((n.meta.get("nn_module_stack") or {}).values())
+            floating.append(f"{stack[-1][0] if stack else n.name} ({op})")
+    return {"quantized_ops": dict(quantized), "float_nodes": floating}
+
+
+def check_no_shared_modules(model: nn.Module, example: torch.Tensor) -> None:
+    """Raise if a leaf module instance runs more than once per forward (PT2E cannot quantize that)."""
+    calls: Counter[str] = Counter()
+    hooks = [m.register_forward_hook(lambda *_, name=name: calls.update([name]))
+             for name, m in model.named_modules() if not any(m.children())]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    shared = sorted(name for name, count in calls.items() if count > 1)
+    if shared:
+        raise EdgeCompressError(
+            f"module(s) {', '.join(map(repr, shared))} run more than once in one forward pass; PT2E quantization "
+            "annotates each module instance as one pattern and fails with \"Input partition has more than one "
+            "output node\"", where="quant.ptq (backend torchao)",
+            fix="give each use its own module instance (e.g. self.relu1 = nn.ReLU(), self.relu2 = nn.ReLU()), "
+                "or use backend: onnxruntime",
+        )
+
+
+# ---------------------------------------------------------------- helpers shared with quant.dynamic
+
+_DYNAMIC_BATCH = ({0: torch.export.Dim("batch", min=1)},)
+
+
+def resolve_backend(backend: str, ctx: StageContext) -> Literal["onnxruntime", "torchao"]:
+    """``auto`` -> the backend that writes ``ctx.export.format``."""
+    if backend != "auto":
+        return backend  # type: ignore[return-value]
+    return "onnxruntime" if ctx.export.format == "onnx" else "torchao"
+
+
+def calibration_inputs(ctx: StageContext, n: int, stage: str) -> torch.Tensor:
+    """``n`` unlabeled calibration inputs from the task; warn if it has fewer, raise below ``MIN_CALIB_SAMPLES``."""
+    x = ctx.require_task(stage).calibration(n, seed=ctx.seed)
+    if len(x) < MIN_CALIB_SAMPLES:
+        raise EdgeCompressError(
+            f"only {len(x)} calibration samples are available; at least {MIN_CALIB_SAMPLES} are needed",
+            where=f"{stage}.calib_samples", fix="give the task more training inputs (labels are not needed)",
+        )
+    if len(x) < n:
+        warnings.warn(f"{stage}: calib_samples={n} but the task has {len(x)} training inputs; using them all",
+                      stacklevel=3)
+    return x.float()
+
+
+def fp32_onnx(model: nn.Module, ctx: StageContext, example: torch.Tensor) -> tuple[Artifact, Path]:
+    """Export the FP32 ONNX model into the stage's workdir and pre-process it for quantization.
+
+    Returns the FP32 artifact and the pre-processed file (shape inference + ONNX Runtime optimisations).
+    """
+    from onnxruntime.quantization import quant_pre_process
+
+    from edgecompress.export.onnx import export_onnx
+
+    work = ctx.scratch_dir()
+    fp32 = export_onnx(model, example, work / "model_fp32.onnx", ctx.export.opset)
+    prep = work / "model_fp32_prep.onnx"
+    quant_pre_process(str(fp32.path), str(prep))
+    return fp32, prep
+
+
+def _onnx_module_path(node_name: str) -> str:
+    """The module that produced an ONNX node, from the TorchScript exporter's scope name.
+
+    ``/layer1/seq/seq.1/seq.1.0/Conv`` -> ``layer1.seq.1.0``: each scope level repeats its parent's scope as a
+    prefix for children of containers (Sequential, ModuleList), which is stripped.
+    """
+    parts, prev = [], ""
+    for level in node_name.strip("/").split("/")[:-1]:
+        parts.append(level[len(prev) + 1:] if prev and level.startswith(prev + ".") else level)
+        prev = level
+    return ".".join(parts)
+
+
+def in_module(name: str, module: str) -> bool:
+    """Whether the module ``name`` is ``module`` or inside it."""
+    return name == module or name.startswith(module + ".")
+
+
+def onnx_nodes_to_exclude(model: onnx.ModelProto, exclude: Iterable[str], stage: str) -> list[str]:
+    """ONNX node names matched by ``exclude`` entries (node names, or module names with all nodes inside)."""
+    nodes = []
+    for entry in exclude:
+        matched = [n.name for n in model.graph.node if n.name == entry or in_module(_onnx_module_path(n.name), entry)]
+        if not matched:
+            modules = sorted({_onnx_module_path(n.name) for n in model.graph.node} - {""})
+            raise EdgeCompressError(
+                f"exclude entry {entry!r} matches no module or node of the exported ONNX graph",
+                where=f"{stage}.exclude",
+                fix=f"use a module name such as {', '.join(modules[:8])} (BatchNorm folded into a conv has no "
+                    "node of its own; exclude the conv)",
+            )
+        nodes += matched
+    return nodes
+
+
+def check_module_names(model: nn.Module, exclude: Iterable[str], stage: str) -> list[str]:
+    """``exclude`` as a list, after checking that every entry names a module of ``model``."""
+    names = dict(model.named_modules())
+    for entry in exclude:
+        if entry not in names:
+            raise EdgeCompressError(
+                f"exclude entry {entry!r} is not a module of the model", where=f"{stage}.exclude",
+                fix=f"use names from model.named_modules(), e.g. {', '.join(list(names)[1:9])}",
+            )
+    return list(exclude)
+
+
+def save_program(module: nn.Module, example: torch.Tensor, path: Path, precision: str) -> Artifact:
+    """``torch.export`` ``module`` with a dynamic batch and save it atomically as a ``.pt2`` archive.
+
+    ``example`` needs a batch of at least 2 (torch.export specialises a batch of 1) and is saved in the archive:
+    pass a tensor that owns its storage, not a view of a large one.
+    """
+    with torch.no_grad():
+        program = torch.export.export(module, (example,), dynamic_shapes=_DYNAMIC_BATCH)
+    tmp = path.with_name(path.stem + ".tmp.pt2")  # torch.export.save wants the .pt2 suffix
+    torch.export.save(program, str(tmp))
+    tmp.replace(path)
+    return Artifact(path, "pytorch", "torch", precision)
