@@ -7,6 +7,11 @@ import pytest
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
+    """Every test session trains into its own baseline cache; one torch thread per xdist worker (two
+    workers with two threads each on a 2-core machine run 10x slower from oversubscription)."""
+    import torch
+
+    torch.set_num_threads(1)
     mp = pytest.MonkeyPatch()
     mp.setenv("EDGECOMPRESS_CACHE", str(tmp_path_factory.mktemp("cache")))
     yield

@@ -1,0 +1,213 @@
+"""Structured channel/filter pruning with torch-pruning: channels are physically removed."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from pydantic import Field, model_validator
+from torch import nn
+
+from edgecompress.context import StageContext
+from edgecompress.data.task import Task
+from edgecompress.errors import EdgeCompressError
+from edgecompress.measure.counts import count_macs, count_params
+from edgecompress.prune.analysis import PRUNABLE_TYPES, build_graph, output_layers, prunable_layers, resolve_layers
+from edgecompress.registry import StageConfig, register
+
+STAGE = "prune.structured"
+
+
+class StructuredConfig(StageConfig):
+    """Settings of ``prune.structured``: how many channels go (``ratio`` or ``target_macs_ratio``) and which."""
+
+    ratio: float | None = Field(
+        None, ge=0.0, le=0.95,
+        description="fraction of output channels removed from every prunable layer (0.5 leaves ~25% of conv "
+                    "params); default 0.5 when target_macs_ratio is not given")
+    target_macs_ratio: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="instead of ratio: prune step by step until MACs <= this fraction of the original")
+    criterion: Literal["l1", "l2", "taylor", "bn_scale"] = Field(
+        "l2", description="channel importance: l1/l2 weight norm, taylor |w * dL/dw| (uses training batches), "
+                          "bn_scale |gamma| of the following BatchNorm (layers without one are left alone)")
+    scope: Literal["uniform", "global"] = Field(
+        "uniform", description="uniform: the same ratio in every layer; global: channels ranked across layers")
+    max_layer_ratio: float = Field(0.9, gt=0.0, lt=1.0, description="most any one layer may lose")
+    iterative_steps: int | None = Field(
+        None, ge=1, le=200,
+        description="pruning steps (importance re-estimated each step); default 1 with ratio, 20 with "
+                    "target_macs_ratio, where the ratio grows by max_layer_ratio/steps per step")
+    round_to: int | None = Field(None, ge=1, le=1024, description="keep channel counts multiples of this")
+    ignored_layers: list[str] = Field(
+        [],
+        description="module names or globs (e.g. 'layer4.*') whose output channels stay; the final "
+                    "classifier is always kept")
+    taylor_batches: int = Field(4, ge=1, le=1000, description="training batches of gradients per step for taylor")
+    batch_size: int = Field(64, ge=1, le=65536, description="batch size of the taylor gradient batches")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_target(cls, data):
+        if isinstance(data, dict):
+            if data.get("ratio") is not None and data.get("target_macs_ratio") is not None:
+                raise ValueError("give either ratio or target_macs_ratio, not both")
+            if data.get("ratio") is None and data.get("target_macs_ratio") is None:
+                data = {**data, "ratio": 0.5}
+        return data
+
+
+def _importance(criterion: str) -> tp.importance.Importance:
+    return {
+        "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+        "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+        "taylor": tp.importance.TaylorImportance,
+        "bn_scale": tp.importance.BNScaleImportance,
+    }[criterion]()
+
+
+def _taylor_gradients(model: nn.Module, task: Task, batches: int, batch_size: int, seed: int) -> None:
+    """Accumulate dL/dw over a few training batches (cross-entropy) for TaylorImportance."""
+    device = next(model.parameters()).device
+    model.zero_grad(set_to_none=True)
+    loader = task.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
+    for i, (x, y) in enumerate(loader):
+        if i >= batches:
+            break
+        F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+
+
+def _out_channels(model: nn.Module) -> dict[str, int]:
+    return {n: m.out_features if isinstance(m, nn.Linear) else m.out_channels for n, m in prunable_layers(model).items()}
+
+
+def _shapes(output: object) -> list[tuple[int, ...]]:
+    """Shapes of the tensors a forward returned (a tensor, or tuples/lists/dicts of them)."""
+    if isinstance(output, torch.Tensor):
+        return [tuple(output.shape)]
+    if isinstance(output, (tuple, list, dict)):
+        return [s for item in (output.values() if isinstance(output, dict) else output) for s in _shapes(item)]
+    raise TypeError(f"the model returned a {type(output).__name__}, not tensors")
+
+
+def _suspect_from_traceback(exc: BaseException, names: dict[nn.Module, str]) -> str | None:
+    """The innermost prunable layer of the model referenced by a local variable where ``exc`` was raised."""
+    frames, tb = [], exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            for obj in (value, getattr(value, "module", None), getattr(getattr(value, "target", None), "module", None)):
+                if isinstance(obj, PRUNABLE_TYPES) and obj in names:
+                    return names[obj]
+    return None
+
+
+@contextmanager
+def _explain_failures(model: nn.Module, doing: str) -> Iterator[None]:
+    """Turn an exception from torch-pruning or from the pruned model's forward into an EdgeCompressError
+    that names the module involved and the layer to add to ``ignored_layers``."""
+    names = {m: n for n, m in model.named_modules()}
+    running: list[nn.Module] = []
+    finished: list[str] = []
+
+    def before(module, args):
+        running.append(module)
+
+    def after(module, args, output):
+        running.pop()
+        if isinstance(module, PRUNABLE_TYPES):
+            finished.append(names[module])
+
+    hooks = [h for m in model.modules() for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        yield
+    except EdgeCompressError:
+        raise
+    except Exception as exc:
+        in_forward = bool(running)  # forward hooks of the modules still running when the error came
+        inside = next((names[m] for m in reversed(running) if names.get(m)), None)
+        # a failing forward is usually caused by the last pruned layer before the failing operation
+        suspect = (finished[-1] if finished else None) if in_forward else _suspect_from_traceback(exc, names)
+        if suspect is None:
+            fix = ("make sure the model's forward returns tensors (a tensor, tuple, list or dict), or add the "
+                   "layer involved to ignored_layers (see `edgecompress inspect`)")
+        else:
+            fix = f"add `ignored_layers: [{suspect}]` to the {STAGE} stage to keep that layer's channels"
+            if in_forward:
+                fix += " (it feeds the failing operation; a forward that hard-codes a size, e.g. view(-1, 512), is "\
+                       "the usual cause)"
+        place = f" inside module {inside!r}" if inside else ""
+        raise EdgeCompressError(f"{doing} failed{place}: {type(exc).__name__}: {exc}", where=STAGE, fix=fix) from exc
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@register(STAGE, StructuredConfig)
+def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageContext) -> nn.Module:
+    """Remove whole channels/filters (torch-pruning dependency graph) so params and MACs really shrink.
+
+    Coupled layers (residual adds, concatenations, depthwise convs, BatchNorm) are pruned consistently;
+    the final classifier and ``ignored_layers`` keep their output channels. Follow with ``finetune``.
+    """
+    task = ctx.require_task(STAGE)
+    model = copy.deepcopy(model)
+    was_training = model.training
+    example = task.example_inputs(1).to(next(model.parameters()).device)
+    ignored_names = resolve_layers(model, config.ignored_layers, where=f"{STAGE}.ignored_layers")
+    with _explain_failures(model, "running the model"), torch.no_grad():
+        out_shapes = _shapes(model.eval()(example))
+    with _explain_failures(model, "tracing the model"):
+        classifiers = output_layers(build_graph(model, example))
+    modules = dict(model.named_modules())
+    skipped = ignored_names | {n for n, m in modules.items() if m in classifiers}
+    before = _out_channels(model)
+    params0, macs0 = count_params(model), count_macs(model, example)
+    target = config.target_macs_ratio
+    steps = config.iterative_steps or (20 if target is not None else 1)
+    with _explain_failures(model, "building the torch-pruning dependency graph"):
+        pruner = tp.pruner.MetaPruner(
+            model, example, _importance(config.criterion), global_pruning=config.scope == "global",
+            pruning_ratio=config.max_layer_ratio if target is not None else config.ratio,
+            max_pruning_ratio=config.max_layer_ratio, iterative_steps=steps,
+            ignored_layers=[modules[n] for n in sorted(skipped)], round_to=config.round_to,
+        )
+    macs, done = macs0, 0
+    while done < steps and (target is None or macs > target * macs0):
+        if config.criterion == "taylor":
+            _taylor_gradients(model, task, config.taylor_batches, config.batch_size, ctx.seed + done)
+        with _explain_failures(model, "pruning with torch-pruning"):
+            pruner.step()
+        done += 1
+        with _explain_failures(model, "running the pruned model"):
+            macs = count_macs(model, example)
+    model.zero_grad(set_to_none=True)
+    with _explain_failures(model, "running the pruned model"), torch.no_grad():
+        new_shapes = _shapes(model.eval()(example))
+    if new_shapes != out_shapes:
+        raise EdgeCompressError(f"pruning changed the output shapes from {out_shapes} to {new_shapes}",
+                                where=STAGE, fix="add the layers that produce the output to ignored_layers")
+    model.train(was_training)
+    after = _out_channels(model)
+    kept = [n for n in before if n not in skipped]
+    ctx.info.update({
+        "criterion": config.criterion, "scope": config.scope, "steps": done, "ignored_layers": sorted(skipped),
+        "channels": {n: [before[n], after[n]] for n in before},
+        "params_before": params0, "params_after": count_params(model),
+        "macs_before": macs0, "macs_after": macs, "macs_ratio": macs / macs0,
+        "channel_ratio": 1 - sum(after[n] for n in kept) / max(1, sum(before[n] for n in kept)),
+    })
+    if target is not None and macs > target * macs0:
+        raise EdgeCompressError(
+            f"MACs reached only {macs / macs0:.3f}x of the original, above target_macs_ratio {target}",
+            where=f"{STAGE}.target_macs_ratio",
+            fix=f"raise max_layer_ratio (now {config.max_layer_ratio}), shorten ignored_layers, or use scope: global",
+        )
+    return model

@@ -1,0 +1,76 @@
+"""``finetune``: recover accuracy after compression by training on the task, optionally distilling from the
+model as it entered the recipe (the teacher)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch.nn.utils.prune as tprune
+from pydantic import Field
+from torch import nn
+
+from edgecompress.context import StageContext
+from edgecompress.prune.analysis import prunable_layers
+from edgecompress.registry import StageConfig, register
+from edgecompress.train import accuracy, train
+
+
+class DistillConfig(StageConfig):
+    """Soft targets from the teacher (Hinton et al. 2015), mixed with the hard labels."""
+
+    temperature: float = Field(4.0, gt=0.0, le=100.0, description="softmax temperature of the soft targets")
+    alpha: float = Field(0.7, ge=0.0, le=1.0, description="weight of the soft-target loss (1 - alpha: labels)")
+
+
+class FinetuneConfig(StageConfig):
+    """Settings of ``finetune``."""
+
+    epochs: int = Field(3, ge=1, le=10000, description="passes over the training split")
+    lr: float = Field(0.01, gt=0.0, le=10.0, description="initial learning rate (cosine-annealed to zero)")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (Nesterov momentum 0.9) or adam (AdamW)")
+    batch_size: int = Field(64, ge=1, le=65536, description="training batch size")
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="L2 weight decay (decoupled for adam)")
+    keep_zeros: bool = Field(True, description="Conv/Linear weights that are exactly zero (unstructured pruning) "
+                                               "stay zero: they are masked during training")
+    distill: DistillConfig | None = Field(None, description="also match the teacher's soft targets "
+                                                             "(the model as it entered the recipe)")
+
+
+def mask_zeros(model: nn.Module) -> list[nn.Module]:
+    """Put a torch prune mask on every Conv/Linear weight that has exact zeros (and no mask yet), so training
+    keeps them zero; returns the masked modules (``torch.nn.utils.prune.remove`` them afterwards)."""
+    masked = []
+    for m in prunable_layers(model).values():
+        if not hasattr(m, "weight_mask") and bool((m.weight == 0).any()):
+            tprune.custom_from_mask(m, "weight", mask=(m.weight != 0).to(m.weight.dtype))
+            masked.append(m)
+    return masked
+
+
+@register("finetune", FinetuneConfig)
+def finetune(model: nn.Module, config: FinetuneConfig, ctx: StageContext) -> nn.Module:
+    """Fine-tune on the task's training data (SGD/AdamW, cosine schedule), optionally with distillation.
+
+    Pruning masks and zeroed weights are kept (``keep_zeros``). Reports validation accuracy before and
+    after and the per-epoch history.
+    """
+    task = ctx.require_task("finetune")
+    teacher = ctx.require_teacher("finetune") if config.distill is not None else None
+    model = copy.deepcopy(model)
+    masked = mask_zeros(model) if config.keep_zeros else []
+    before = accuracy(model, task, "val") if task.has_labels else None
+    distill = config.distill or DistillConfig()
+    history = train(
+        model, task, epochs=config.epochs, lr=config.lr, optimizer=config.optimizer, batch_size=config.batch_size,
+        weight_decay=config.weight_decay, teacher=teacher, temperature=distill.temperature, alpha=distill.alpha,
+        seed=ctx.seed, progress=ctx.progress, description="finetune",
+    )
+    for m in masked:
+        tprune.remove(m, "weight")
+    names = {m: n for n, m in model.named_modules()}
+    ctx.info.update({
+        "val_accuracy_before": before, "val_accuracy_after": history[-1]["val_accuracy"], "history": history,
+        "distilled": teacher is not None, "zeros_kept_in": [names[m] for m in masked],
+    })
+    return model

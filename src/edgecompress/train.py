@@ -1,0 +1,133 @@
+"""The one training loop every stage reuses: plain supervised training or knowledge distillation."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgecompress.data.task import Task
+from edgecompress.errors import EdgeCompressError
+from edgecompress.ui import progress as progress_bar
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None,
+    temperature: float, alpha: float,
+) -> torch.Tensor:
+    """Hinton et al. (2015): ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels)``.
+
+    The T^2 factor keeps the soft-target gradients on the scale of the hard-target ones. With
+    ``labels=None`` only the soft term is used (label-free distillation; ``alpha`` is then ignored).
+    """
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean", log_target=True,
+    ) * temperature**2
+    if labels is None:
+        return soft
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def _optimizer(params: list[nn.Parameter], name: str, lr: float, momentum: float, weight_decay: float):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    if name == "adam":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}: use 'sgd' or 'adam'")
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, task: Task, split: str = "val", batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on a split, in eval mode on the model's device (its mode is restored)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = total = 0
+    for x, y in task.loader(split, batch_size=batch_size):
+        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+        total += len(y)
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher: nn.Module | None, has_labels: bool,
+          temperature: float, alpha: float) -> torch.Tensor:
+    logits = model(x)
+    if teacher is None:
+        return F.cross_entropy(logits, y)
+    with torch.no_grad():
+        teacher_logits = teacher(x)
+    return distillation_loss(logits, teacher_logits, y if has_labels else None, temperature, alpha)
+
+
+def train(
+    model: nn.Module, task: Task, *, epochs: int, lr: float,
+    optimizer: Literal["sgd", "adam"] = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4,
+    batch_size: int = 64, schedule: Literal["cosine", "constant"] = "cosine",
+    teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.5,
+    seed: int = 0, progress: bool = True, description: str = "train", max_batches: int | None = None,
+) -> list[dict]:
+    """Train ``model`` in place on ``task``'s train split; returns one history entry per epoch.
+
+    Only parameters with ``requires_grad`` are optimised. Modules pruned with ``torch.nn.utils.prune``
+    keep their masks (training updates ``weight_orig``; the masked ``weight`` stays zero where masked).
+    With ``teacher`` the loss is :func:`distillation_loss` against the teacher's logits (teacher in eval
+    mode, no gradients; its mode is restored). ``optimizer="adam"`` is AdamW (decoupled weight decay).
+    ``schedule="cosine"`` anneals the learning rate per batch to zero. ``max_batches`` caps the batches
+    per epoch. The run is deterministic given ``seed`` (the global RNG state is restored afterwards).
+    History entries: ``{"epoch", "loss", "val_accuracy", "lr", "seconds"}`` (``val_accuracy``: None
+    without labels; ``lr``: at the start of the epoch).
+    """
+    if not task.has_labels and (teacher is None or alpha < 1):
+        raise EdgeCompressError(
+            f"cannot train on task {task.name!r}: it has no labels",
+            fix="use labelled data, or distil from a teacher with alpha: 1.0 (soft targets only)",
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise EdgeCompressError("the model has no trainable parameters (all have requires_grad=False)")
+    device = params[0].device
+    was_training, teacher_was_training = model.training, teacher is not None and teacher.training
+    history: list[dict] = []
+    with torch.random.fork_rng(devices=[]), progress_bar(progress) as bar:
+        torch.manual_seed(seed)
+        loader = task.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
+        per_epoch = len(loader) if max_batches is None else min(len(loader), max_batches)
+        opt = _optimizer(params, optimizer, lr, momentum, weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * per_epoch))
+        bar_task = bar.add_task(description, total=epochs * per_epoch)
+        try:
+            if teacher is not None:
+                teacher.eval()
+            for epoch in range(1, epochs + 1):
+                model.train()
+                start, total, seen, epoch_lr = time.perf_counter(), 0.0, 0, opt.param_groups[0]["lr"]
+                for step, (x, y) in enumerate(loader):
+                    if step >= per_epoch:
+                        break
+                    loss = _loss(model, x.to(device), y.to(device), teacher, task.has_labels, temperature, alpha)
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise EdgeCompressError(f"{description}: the loss became {value} in epoch {epoch}",
+                                                fix=f"lower the learning rate (now {lr})")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if schedule == "cosine":
+                        sched.step()
+                    total, seen = total + value * len(x), seen + len(x)
+                    bar.update(bar_task, advance=1, status=f"epoch {epoch}/{epochs} loss {total / seen:.4f}")
+                acc = accuracy(model, task, "val") if task.has_labels else None
+                history.append({"epoch": epoch, "loss": total / max(seen, 1), "val_accuracy": acc,
+                                "lr": epoch_lr, "seconds": time.perf_counter() - start})
+        finally:
+            model.train(was_training)
+            if teacher is not None:
+                teacher.train(teacher_was_training)
+    return history
