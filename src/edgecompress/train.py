@@ -57,12 +57,16 @@ def accuracy(model: nn.Module, task: Task, split: str = "val", batch_size: int =
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher: nn.Module | None, has_labels: bool,
-          temperature: float, alpha: float) -> torch.Tensor:
+          temperature: float, alpha: float, loss_weights: tuple[float, float] | None = None) -> torch.Tensor:
     logits = model(x)
     if teacher is None:
         return F.cross_entropy(logits, y)
     with torch.no_grad():
         teacher_logits = teacher(x)
+    if loss_weights is not None and has_labels:
+        hard, soft = loss_weights
+        return hard * F.cross_entropy(logits, y) + soft * distillation_loss(logits, teacher_logits, None,
+                                                                            temperature, alpha)
     return distillation_loss(logits, teacher_logits, y if has_labels else None, temperature, alpha)
 
 
@@ -72,13 +76,15 @@ def train(
     batch_size: int = 64, schedule: Literal["cosine", "constant"] = "cosine",
     teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.5,
     seed: int = 0, progress: bool = True, description: str = "train", max_batches: int | None = None,
+    loss_weights: tuple[float, float] | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on ``task``'s train split; returns one history entry per epoch.
 
     Only parameters with ``requires_grad`` are optimised. Modules pruned with ``torch.nn.utils.prune``
     keep their masks (training updates ``weight_orig``; the masked ``weight`` stays zero where masked).
     With ``teacher`` the loss is :func:`distillation_loss` against the teacher's logits (teacher in eval
-    mode, no gradients; its mode is restored). ``optimizer="adam"`` is AdamW (decoupled weight decay).
+    mode, no gradients; its mode is restored); ``loss_weights=(hard, soft)`` replaces alpha's weights
+    ``(1 - alpha, alpha)`` of the cross-entropy and the T^2-scaled soft term. ``optimizer="adam"`` is AdamW.
     ``schedule="cosine"`` anneals the learning rate per batch to zero. ``max_batches`` caps the batches
     per epoch. The run is deterministic given ``seed`` (the global RNG state is restored afterwards).
     History entries: ``{"epoch", "loss", "val_accuracy", "lr", "seconds"}`` (``val_accuracy``: None
@@ -111,7 +117,8 @@ def train(
                 for step, (x, y) in enumerate(loader):
                     if step >= per_epoch:
                         break
-                    loss = _loss(model, x.to(device), y.to(device), teacher, task.has_labels, temperature, alpha)
+                    loss = _loss(model, x.to(device), y.to(device), teacher, task.has_labels, temperature, alpha,
+                                 loss_weights)
                     value = loss.item()
                     if not math.isfinite(value):
                         raise EdgeCompressError(f"{description}: the loss became {value} in epoch {epoch}",
