@@ -159,3 +159,35 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory made by `ed
     out_console.print(f"report: {path}")
 
 
+
+
+@app.command()
+def portfolio(
+    path: Path = typer.Argument(..., help="a run or stage directory holding prune.lottery's level_<i>/ checkpoints"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where the ONNX files go (default: PATH/portfolio)"),
+    data: Optional[str] = typer.Option(None, "--data", help="dataset for accuracy (e.g. digits); none: skip accuracy"),
+    latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="latency budget: say which level serves"),
+    memory_mb: Optional[float] = typer.Option(None, "--memory-mb", help="peak-memory budget: say which level serves"),
+) -> None:
+    """Shift every portfolio level to a smaller dense model, export both, and print size/MACs/latency per level."""
+    from edgecompress.data import DataSpec, load_task
+    from edgecompress.portfolio import Portfolio, Server
+
+    try:
+        task = load_task(DataSpec(dataset=data)) if data else None
+        pf = Portfolio.from_dir(path, out, task)
+    except EdgeCompressError as err:
+        _fail(err)
+    table = Table(title=f"portfolio of {path}")
+    for col in ("level", "sparsity", "acc sparse", "acc dense", "KiB sparse", "KiB dense", "size x", "MACs dense",
+                "ms sparse", "ms dense", "speedup", "max |diff|"):
+        table.add_column(col, justify="right")
+    fmt = lambda v, f="{:.3f}": "-" if v is None else f.format(v)  # noqa: E731
+    for lv in pf.levels:
+        table.add_row(str(lv.level), fmt(lv.sparsity), fmt(lv.accuracy_sparse), fmt(lv.accuracy_dense),
+                      fmt(lv.bytes_sparse / 1024, "{:.1f}"), fmt(lv.bytes_dense / 1024, "{:.1f}"),
+                      fmt(lv.size_ratio, "{:.2f}x"), f"{lv.macs_dense:,}", fmt(lv.latency_sparse_ms),
+                      fmt(lv.latency_dense_ms), fmt(lv.speedup, "{:.2f}x"), fmt(lv.max_abs_diff, "{:.1e}"))
+    out_console.print(table)
+    if latency_ms is not None or memory_mb is not None:
+        out_console.print(Server(pf).select(latency_ms, memory_mb)[1])
