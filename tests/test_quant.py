@@ -18,7 +18,7 @@ from edgecompress.data.task import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
 from edgecompress.export.onnx import export_onnx
-from edgecompress.quant.ptq import save_program
+from edgecompress.quant.ptq import PTQConfig, cpu_has_vnni, save_program
 from edgecompress.registry import get
 from edgecompress.settings import ExportSettings
 
@@ -187,3 +187,26 @@ def test_dynamic_artifact_matches_float_model(trained, digits_task, tmp_path, ex
     else:  # torchao's dynamic INT8 covers nn.Linear only
         assert ctx.info["quantized_ops"] == {"linear": 1}
         assert ctx.info["float_nodes"] == ["features.0 (Conv2d)", "features.4 (Conv2d)"]
+
+
+def test_reduce_range_avoids_u8s8_saturation(tmp_path):
+    """Full-scale weights on full-range inputs overflow int16 pair sums in x86 u8s8 kernels without VNNI;
+    7-bit weights (reduce_range) keep the INT8 output on the float one."""
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.Flatten())
+    with torch.no_grad():
+        conv[0].weight.fill_(1.0)
+    x = torch.rand(64, 1, 6, 6)
+    x[:, :, :3] = 1.0  # bright rows: maximal uint8 activations
+    data = TensorDataset(x, torch.zeros(64, dtype=torch.long))
+    task = Task("bright", data, data, data, (1, 6, 6), 4)
+    expected = conv(x[:8]).detach().numpy()
+
+    def max_rel_error(reduce_range: str) -> float:
+        out = get("quant.ptq")(conv, PTQConfig(calib_samples=64, reduce_range=reduce_range),
+                                StageContext(task=task, workdir=tmp_path / reduce_range))
+        got = out.artifact.runner(1)(x[:8].numpy())
+        return float(np.abs(got - expected).max() / np.abs(expected).max())
+
+    assert max_rel_error("on") < 0.03
+    if not cpu_has_vnni():
+        assert max_rel_error("off") > 0.1  # the saturation this option exists for
