@@ -125,17 +125,17 @@ def test_residual_model_pruned_consistently(digits_task):
 
 
 def test_ignored_layers_keep_their_channels(base, digits_task):
-    pruned, ctx = prune(base, digits_task, ratio=0.5, ignored_layers=["features.3", "features.1?"])
-    assert pruned.features[3].out_channels == 32  # named exactly
+    pruned, ctx = prune(base, digits_task, ratio=0.5, ignored_layers=["features.4", "features.1?"])
+    assert pruned.features[4].out_channels == 32  # named exactly
     assert pruned.features[11].out_channels == 128  # matched by the glob
-    assert pruned.features[7].out_channels == 32
-    assert "features.3" in ctx.info["ignored_layers"] and "classifier" in ctx.info["ignored_layers"]
+    assert pruned.features[8].out_channels == 32
+    assert "features.4" in ctx.info["ignored_layers"] and "classifier" in ctx.info["ignored_layers"]
 
 
 def test_unknown_ignored_name_lists_close_names(base, digits_task):
     with pytest.raises(EdgeCompressError) as err:
-        prune(base, digits_task, ignored_layers=["feature.3"])
-    assert "feature.3" in err.value.what and "features.3" in err.value.fix
+        prune(base, digits_task, ignored_layers=["feature.4"])
+    assert "feature.4" in err.value.what and "features.4" in err.value.fix
 
 
 def test_config_validation():
