@@ -49,7 +49,12 @@ class ShifterConfig(StageConfig):
 
 
 def _is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, _CONV) and m.groups > 1
+    return isinstance(m, _CONV) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def _is_grouped(m: nn.Module) -> bool:
+    """A grouped conv that is not depthwise: its channel bookkeeping is not handled here (left intact)."""
+    return isinstance(m, _CONV) and m.groups > 1 and not _is_depthwise(m)
 
 
 def conv_bn_pairs(model: nn.Module, graph: tp.DependencyGraph) -> tuple[list[tuple[nn.Module, nn.Module]], list[str]]:
@@ -136,7 +141,7 @@ def _plan(group, graph, outputs, names, model, example) -> _Plan:
     consumers = []
     for module, handler, pairs in items:
         for idx, root in pairs:
-            if isinstance(module, nn.Parameter) or isinstance(module, _BLOCKING):
+            if isinstance(module, (nn.Parameter, *_BLOCKING)) or _is_grouped(module):
                 plan.drop(root, f"coupled to unsupported layer {names.get(module, type(module).__name__)}")
             elif isinstance(module, (_CONV, nn.Linear)) and (graph.is_out_channel_pruning_fn(handler)
                                                             or _is_depthwise(module)):
@@ -196,13 +201,13 @@ def shift(model: nn.Module, example: torch.Tensor, fold_bn: bool = True) -> tupl
     names = {m: n for n, m in model.named_modules()}
     report: dict = {"removed": {}, "kept_dead": {}, "bn_folded": folded, "bn_not_folded": unfolded,
                     "left_intact": sorted(names[m] for m in model.modules()
-                                          if isinstance(m, _BLOCKING) or (isinstance(m, _CONV) and 1 < m.groups
-                                                                         < m.out_channels))}
+                                          if isinstance(m, _BLOCKING) or _is_grouped(m))}
     for name, root in prunable_layers(model).items():
-        if root in outputs or not _dead_rows(root):
+        dead = [] if root in outputs else _dead_rows(root)
+        if not dead:
             continue
         fn = tp.prune_conv_out_channels if isinstance(root, _CONV) else tp.prune_linear_out_channels
-        plan = _plan(graph.get_pruning_group(root, fn, idxs=_dead_rows(root)), graph, outputs, names, model, example)
+        plan = _plan(graph.get_pruning_group(root, fn, idxs=dead), graph, outputs, names, model, example)
         if plan.reasons:
             report["kept_dead"][name] = {str(k): v for k, v in sorted(plan.reasons.items())}
         if plan.ok:
@@ -211,8 +216,8 @@ def shift(model: nn.Module, example: torch.Tensor, fold_bn: bool = True) -> tupl
             report["removed"][name] = len(plan.ok)
     model.zero_grad(set_to_none=True)
     params1 = count_params(model)
-    report.update(params_original=params_original, params_before=params0, params_after=params1, params_ratio=params0 / max(1, params1),
-                  channels_removed=sum(report["removed"].values()),
+    report.update(params_original=params_original, params_before=params0, params_after=params1,
+                  params_ratio=params0 / max(1, params1), channels_removed=sum(report["removed"].values()),
                   channels_kept_dead=sum(len(v) for v in report["kept_dead"].values()),
                   seconds=time.perf_counter() - start)
     return model, report
