@@ -72,9 +72,9 @@ def test_frozen_layers_do_not_change(trained, digits_task):
     frozen = info["frozen_layers"]
     assert len(frozen) == 2 and info["probe_epochs"] == 1 and all(s["frozen_layers"] == 2 for s in info["steps"])
     before, after = dict(trained.named_modules()), dict(model.named_modules())
-    for name in after:
-        if isinstance(after[name], torch.nn.Conv2d):  # kept weights are a subset of the original values
-            kept = torch.isin(after[name].weight.detach().flatten(), before[name].weight.detach().flatten()).all()
+    for name, layer in after.items():
+        if isinstance(layer, torch.nn.Conv2d):  # kept weights are a subset of the original values
+            kept = torch.isin(layer.weight.detach().flatten(), before[name].weight.detach().flatten()).all()
             assert bool(kept) == (name in frozen), name
 
 

@@ -1,0 +1,162 @@
+"""ICE-Pruning vs the conventional iterative pipeline, ICE's ablations and torch-pruning's iterative pruner.
+
+All variants start from the same pretrained model (trained once, cached), prune to the same channel ratio
+with the same steps and the same fine-tuning (1 epoch CE + KD T=2, SGD lr 1e-3 per fine-tune), over the
+same seeds, side by side in one process. Times: wall and process CPU seconds of the whole stage (ICE's
+search included); the machine is shared, so CPU time is the steadier of the two.
+
+    python benchmarks/ice_pruning.py            # --quick CPU config (the default)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+
+from edgecompress import zoo
+from edgecompress.baseline import cache_dir
+from edgecompress.context import StageContext
+from edgecompress.data import DataSpec, load_task
+from edgecompress.measure.counts import count_macs, count_params
+from edgecompress.prune.analysis import build_graph, output_layers
+from edgecompress.prune.iterative import IterativeConfig, Setup, finetune_step
+from edgecompress.registry import get
+from edgecompress.train import accuracy, train
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = {
+    "conventional": ("prune.iterative", {}),
+    "ice": ("prune.ice", {}),
+    "ice-no-threshold": ("prune.ice", {"threshold": False}),
+    "ice-no-freeze": ("prune.ice", {"freeze": False}),
+    "ice-no-adapt-lr": ("prune.ice", {"adapt_lr": False}),
+    "ice-no-search": ("prune.ice", {"search": False}),
+    "torch-pruning-iterative": (None, {}),
+}
+
+
+def baseline(args, task) -> torch.nn.Module:
+    """The pretrained model: trained once with seed 0 and cached (state dict, loaded weights_only)."""
+    model = zoo.build(args.model, task.input_shape, task.num_classes, width=args.width)
+    path = cache_dir() / f"bench-ice-{args.model}-w{args.width}-{args.dataset}-e{args.pretrain_epochs}.pt"
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        train(model, task, epochs=args.pretrain_epochs, lr=0.05, seed=0, progress=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def torch_pruning_peer(model, task, config: IterativeConfig, steps: int, seed: int) -> tuple[torch.nn.Module, dict]:
+    """torch-pruning's MetaPruner (L1, uniform, ``iterative_steps``), each step followed by our fine-tuning."""
+    model, teacher = copy.deepcopy(model), copy.deepcopy(model).requires_grad_(False)
+    example = task.example_inputs(1)
+    pruner = tp.pruner.MetaPruner(model, example, tp.importance.MagnitudeImportance(p=1),
+                                  pruning_ratio=config.target_ratio, iterative_steps=steps,
+                                  ignored_layers=list(output_layers(build_graph(model, example))))
+    setup = Setup(model, None, task, teacher, example, config.target_ratio)
+    acc = None
+    for step in range(1, steps + 1):
+        pruner.step()
+        acc = finetune_step(setup, config, config.lr, seed + step, False, f"tp step {step}")
+    return model, {"finetune_epochs": steps * config.epochs_per_step, "final_accuracy": acc, "search_seconds": 0.0}
+
+
+def run_variant(name: str, model, task, args, seed: int) -> dict:
+    method, flags = VARIANTS[name]
+    common = {"target_ratio": args.target_ratio, "mode": args.mode, "steps": args.steps}
+    wall, cpu = time.perf_counter(), time.process_time()
+    if method is None:
+        pruned, info = torch_pruning_peer(model, task, IterativeConfig(**common), args.steps or 12, seed)
+    else:
+        stage, ctx = get(method), StageContext(task=task, seed=seed, progress=False)
+        pruned, info = stage(model, stage.config(**common, **flags), ctx), ctx.info
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    example = task.example_inputs(1)
+    return {"variant": name, "seed": seed, "wall_s": wall, "cpu_s": cpu, "finetune_epochs": info["finetune_epochs"],
+            "search_s": info.get("search_seconds") or 0.0, "val_accuracy": info["final_accuracy"],
+            "test_accuracy": accuracy(pruned, task, "test"), "macs": count_macs(pruned, example),
+            "params": count_params(pruned)}
+
+
+def summarise(rows: list[dict], names: list[str]) -> list[dict]:
+    conv = [r for r in rows if r["variant"] == "conventional"]
+    table = []
+    for name in names:
+        mine = [r for r in rows if r["variant"] == name]
+        mean = {k: statistics.mean(r[k] for r in mine) for k in ("wall_s", "cpu_s", "finetune_epochs", "search_s",
+                                                                   "test_accuracy", "val_accuracy", "macs", "params")}
+        table.append({"variant": name, **mean,
+                      "test_accuracy_std": statistics.pstdev(r["test_accuracy"] for r in mine),
+                      "speedup_wall": statistics.mean(r["wall_s"] for r in conv) / mean["wall_s"],
+                      "speedup_cpu": statistics.mean(r["cpu_s"] for r in conv) / mean["cpu_s"],
+                      "accuracy_vs_conventional_points":
+                          100 * (mean["test_accuracy"] - statistics.mean(r["test_accuracy"] for r in conv))})
+    return table
+
+
+def markdown(table: list[dict], meta: dict) -> str:
+    intro = (f"Baseline: {meta['baseline']}. Command: `{meta['command']}`. Means over seeds {meta['seeds']}; "
+             f"{meta['threads']} torch thread(s) on a shared {meta['cpus']}-core machine (wall time is noisy: "
+             "compare CPU time). Speed-up = conventional time / variant time. Total benchmark wall time "
+             f"{meta['total_s']:.0f} s.")
+    header = ("| variant | wall s | CPU s | speed-up (wall / CPU) | search s | FT epochs | test acc % (±sd) "
+              "| Δ acc vs conv (pts) | MACs | params |")
+    lines = [f"# ICE-Pruning benchmark ({meta['config']})", "", intro, "", header, "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['variant']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['speedup_wall']:.2f}x / "
+                     f"{r['speedup_cpu']:.2f}x | {r['search_s']:.1f} | {r['finetune_epochs']:.1f} | "
+                     f"{100 * r['test_accuracy']:.2f} (±{100 * r['test_accuracy_std']:.2f}) | "
+                     f"{r['accuracy_vs_conventional_points']:+.2f} | {r['macs']:.0f} | {r['params']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the CPU-sized config (the defaults below)")
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--pretrain-epochs", type=int, default=15)
+    parser.add_argument("--target-ratio", type=float, default=0.5)
+    parser.add_argument("--mode", default="block", choices=["block", "uniform"])
+    parser.add_argument("--steps", type=int, default=None, help="default: one dependency group per step")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default="ice_pruning")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    task = load_task(DataSpec(dataset=args.dataset))
+    model = baseline(args, task)
+    rows = []
+    for seed in args.seeds:
+        for name in args.variants:
+            rows.append(run_variant(name, model, task, args, seed))
+            print(json.dumps(rows[-1]), flush=True)
+    meta = {"config": f"{args.model} width {args.width} on {args.dataset}, target channel ratio "
+                      f"{args.target_ratio}, {args.mode} steps ({args.steps or 'one group each'})",
+            "baseline": f"{args.pretrain_epochs} epochs, test accuracy {100 * accuracy(model, task, 'test'):.2f}%",
+            "command": "python " + " ".join(["benchmarks/ice_pruning.py", *sys.argv[1:]]), "seeds": args.seeds,
+            "threads": args.threads, "cpus": os.cpu_count(),
+            "total_s": time.perf_counter() - start}
+    table = summarise(rows, args.variants)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "summary": table, "runs": rows}, indent=1))
+    (RESULTS / f"{args.name}.md").write_text(markdown(table, meta))
+    print(markdown(table, meta))
+
+
+if __name__ == "__main__":
+    main()
