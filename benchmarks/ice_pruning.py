@@ -118,6 +118,13 @@ def markdown(table: list[dict], meta: dict) -> str:
                      f"{r['speedup_cpu']:.2f}x | {r['search_s']:.1f} | {r['finetune_epochs']:.1f} | "
                      f"{100 * r['test_accuracy']:.2f} (±{100 * r['test_accuracy_std']:.2f}) | "
                      f"{r['accuracy_vs_conventional_points']:+.2f} | {r['macs']:.0f} | {r['params']:.0f} |")
+    ice = next((r for r in table if r["variant"] == "ice"), None)
+    if ice is not None:
+        lines += ["", (f"Against the issue's targets: ICE is {ice['speedup_cpu']:.2f}x (CPU) / {ice['speedup_wall']:.2f}x "
+                  f"(wall) the speed of the conventional pipeline (target >= 5.82x, aim 9.61x: "
+                  f"{'met' if ice['speedup_cpu'] >= 5.82 else 'missed'}), and its test accuracy is "
+                  f"{ice['accuracy_vs_conventional_points']:+.2f} points from it (target within 1 point: "
+                  f"{'met' if abs(ice['accuracy_vs_conventional_points']) <= 1 else 'missed'}).")]
     return "\n".join(lines) + "\n"
 
 
