@@ -78,8 +78,9 @@ class Portfolio:
 
     @classmethod
     def build(cls, models: list[nn.Module], out: Path, input_shape: tuple[int, ...], task: Task | None = None, *,
-              latency: bool = True, threads: int = 1, repeats: int = 50) -> Portfolio:
-        """Shift, export and measure every model (level i = ``models[i]``); files go to ``out``."""
+              latency: bool = True, threads: int = 1, repeats: int = 50, batch: int = 1) -> Portfolio:
+        """Shift, export and measure every model (level i = ``models[i]``); files go to ``out``. Latency is the
+        ONNX Runtime p50 per batch of ``batch`` (separate process)."""
         out = Path(out)
         x = torch.randn(8, *input_shape, generator=torch.Generator().manual_seed(0))
         levels = []
@@ -91,7 +92,8 @@ class Portfolio:
             paths = {}
             for kind, model in (("sparse", sparse), ("dense", dense)):
                 paths[kind] = export_onnx(model, x[:1], out / f"level_{i}_{kind}.onnx").path
-            bench = {k: benchmark(_artifact(p), input_shape, threads=threads, repeats=repeats) if latency else {}
+            bench = {k: benchmark(_artifact(p), input_shape, threads=threads, repeats=repeats, batch=batch)
+                     if latency else {}
                      for k, p in paths.items()}
             levels.append(Level(
                 level=i, sparsity=sparsity(sparse), sparse_onnx=str(paths["sparse"]), dense_onnx=str(paths["dense"]),

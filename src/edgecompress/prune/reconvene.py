@@ -43,14 +43,14 @@ class ReconveneConfig(StageConfig):
 
     score: Score = Field("snip", description="PaI score of the starting mask: snip | grasp | synflow | magnitude | random")
     sparsity: float = Field(0.9, ge=0.0, lt=1.0, description="global sparsity of the starting PaI mask")
-    tolerance: float = Field(0.1, ge=0.0, le=10.0, description="[design] convert a layer when the probe loss "
+    tolerance: float = Field(0.1, ge=0.0, le=10.0, description="(our design) convert a layer when the probe loss "
                                                                "grows by at most this fraction")
-    probe_batches: int = Field(10, ge=0, le=10000, description="[design] training batches of each sensitivity "
+    probe_batches: int = Field(10, ge=0, le=10000, description="(our design) training batches of each sensitivity "
                                                               "probe (0: density alone decides: all are converted)")
     lr: float = Field(0.05, gt=0.0, le=10.0, description="probe learning rate")
     batch_size: int = Field(64, ge=1, le=65536, description="probe and PaI batch size")
     channel_rule: Literal["sqrt", "linear"] = Field(
-        "sqrt", description="[design] channels kept by a converted layer of mask density d: ceil(sqrt(d) * C) "
+        "sqrt", description="(our design) channels kept by a converted layer of mask density d: ceil(sqrt(d) * C) "
                             "(consecutive converted layers then hold about d of their weights, like the mask) or "
                             "ceil(d * C) (smaller, less accurate)")
     min_channels: int = Field(2, ge=1, le=4096, description="a converted layer keeps at least this many channels")
