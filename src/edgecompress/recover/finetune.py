@@ -11,7 +11,9 @@ from pydantic import Field
 from torch import nn
 
 from edgecompress.context import StageContext
+from edgecompress.measure import count_macs
 from edgecompress.prune.analysis import prunable_layers
+from edgecompress.recover.flops import forward_flops, training_flops
 from edgecompress.registry import StageConfig, register
 from edgecompress.train import accuracy, train
 
@@ -69,7 +71,14 @@ def finetune(model: nn.Module, config: FinetuneConfig, ctx: StageContext) -> nn.
     for m in masked:
         tprune.remove(m, "weight")
     names = {m: n for n, m in model.named_modules()}
+    # recovery cost (issue 6): training (+ teacher forward passes); the per-epoch validation is not counted
+    samples, example = len(task.train), task.example_inputs()
+    flops = training_flops(count_macs(model, example), samples, config.epochs)
+    if teacher is not None:
+        flops += forward_flops(count_macs(teacher, example), samples * config.epochs)
     ctx.info.update({
+        "recovery_flops": flops,
+        "labels_used": samples, "samples_used": samples,
         "val_accuracy_before": before, "val_accuracy_after": history[-1]["val_accuracy"], "history": history,
         "distilled": teacher is not None, "zeros_kept_in": [names[m] for m in masked],
     })

@@ -1,0 +1,122 @@
+"""``recover.mimic``: label-free accuracy recovery after pruning (Neural-Mimicking, edgecompress design —
+docs/methods.md §3; the published method's details are not public).
+
+Each pruned layer is made to mimic the dense layer: on unlabeled calibration inputs, layer by layer in forward
+order, the pruned network's own propagated inputs ``X`` (so earlier corrections propagate) and the dense
+layer's outputs ``Y`` (pre-BatchNorm for a Conv) are the data of a least-squares re-solve of the surviving
+weights, restricted to the mask (:mod:`edgecompress.recover.lstsq`). The bias — or, for a layer without bias,
+a shift folded into the BatchNorm after it — is solved jointly (the intercept of the fit), which is the bias
+correction; finally BatchNorm statistics are re-estimated. No labels and no backpropagation (data-free mode
+only back-propagates to the synthetic inputs, never to weights).
+
+Supported: Conv1d/Conv2d (any stride, padding, dilation; grouped and depthwise per group) and Linear, after
+unstructured pruning (same architecture as the dense model) and after structured pruning for layers whose
+output size still matches the dense layer of the same name (their inputs may be narrower). Skipped and
+listed: layers whose outputs were pruned (structured), other layer types, layers called several times.
+Shortcut: Conv rows are sub-sampled (``positions`` random output positions per sample and layer).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from edgecompress.context import StageContext
+from edgecompress.measure import count_macs
+from edgecompress.recover.bias import nothing_to_do
+from edgecompress.recover.bn import recalibrate_bn
+from edgecompress.recover.calib import CalibConfig, batches, calibration_inputs
+from edgecompress.recover.capture import bn_after, capture, changed_layers, forward_order, prefix_macs
+from edgecompress.recover.datafree import bn_layers
+from edgecompress.recover.flops import forward_flops
+from edgecompress.recover.lstsq import Conv, MaskedLstsq, unsupported
+from edgecompress.registry import register
+
+STAGE = "recover.mimic"
+UNDERDETERMINED_DAMPING = 0.1  # damping used when a layer has fewer calibration rows than unknowns per row
+
+
+class MimicConfig(CalibConfig):
+    """Settings of ``recover.mimic``."""
+
+    damping: float = Field(1e-2, ge=0.0, le=1e3, description="Tikhonov damping of the normal equations, relative "
+                                                              "to their mean diagonal (toward the current weights)")
+    positions: int = Field(64, ge=0, le=1_000_000, description="Conv layers: random output positions used per "
+                                                               "sample (0: all) — bounds the X^T X cost")
+    fix_bias: bool = Field(True, description="solve a per-channel intercept jointly (into the bias, or the running "
+                                             "mean of the BatchNorm after a bias-free layer)")
+    recalibrate_bn: bool = Field(True, description="re-estimate BatchNorm statistics at the end")
+
+
+def _positions(layer: nn.Module, y: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor | None:
+    if not isinstance(layer, Conv) or count == 0:
+        return None
+    total = y[0, 0].numel()
+    return None if total <= count else torch.randperm(total, generator=gen)[:count]
+
+
+@register(STAGE, MimicConfig)
+def recover_mimic(model: nn.Module, config: MimicConfig, ctx: StageContext) -> nn.Module:
+    """Label-free recovery: re-solve each pruned layer's surviving weights to mimic the dense layer (least squares).
+
+    Needs the dense model (the teacher: the model as it entered the recipe) and unlabeled inputs — task data or,
+    with ``data: synthetic``, inputs synthesised from the dense model's BatchNorm statistics. Pruned weights
+    stay zero. Reports the solved and skipped layers, FLOPs spent and data used.
+    """
+    dense = ctx.require_teacher(STAGE).eval()
+    model = copy.deepcopy(model).eval()
+    if nothing_to_do(model, dense, ctx, STAGE):
+        return model
+    pruned = changed_layers(model, dense)
+    x, source = calibration_inputs(config, ctx, dense, STAGE)
+    order, shared = forward_order(model, x)
+    dense_layers = dict(dense.named_modules())
+    pairs, macs, dense_macs = bn_after(model, x), prefix_macs(model, order, x), prefix_macs(dense, order, x)
+    gen = torch.Generator().manual_seed(ctx.seed)
+    skipped = {n: "called more than once per forward pass" for n in shared}
+    solved, flops, warned = {}, {"forward": 0, "gram": 0, "solve": 0, "synthesis": source["flops"]}, []
+    for name in order:
+        layer = model.get_submodule(name)
+        reason = skipped.get(name) or unsupported(layer, dense_layers.get(name))
+        if reason:
+            skipped[name] = reason
+            continue
+        intercept = config.fix_bias and (layer.bias is not None or name in pairs)
+        solver = MaskedLstsq(layer, intercept)
+        for xb in batches(x, config.batch_size):
+            xp, yd = capture(model, name, xb, "input"), capture(dense, name, xb, "output")
+            solver.add(xp, yd, _positions(layer, yd, config.positions, gen))
+        flops["forward"] += forward_flops(macs[name][0] + dense_macs[name][1], len(x))
+        unknowns = int((layer.weight != 0).flatten(1).sum(1).max()) + int(intercept)
+        damping = config.damping
+        if solver.rows < unknowns:
+            damping = max(damping, UNDERDETERMINED_DAMPING)
+            warned.append(name)
+            warnings.warn(f"{STAGE}: layer {name!r} has {solver.rows} calibration rows for {unknowns} unknowns per "
+                          f"output: damping raised to {damping} (give more calib_samples)", stacklevel=2)
+        bias = layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.weight.shape[0])
+        weight, shift = solver.solve(layer.weight, bias, damping)
+        with torch.no_grad():
+            layer.weight.copy_(weight * (layer.weight != 0))
+            if intercept and layer.bias is not None:
+                layer.bias.copy_(shift)
+            elif intercept:
+                model.get_submodule(pairs[name]).running_mean -= shift
+        flops["gram"] += solver.gram_flops
+        flops["solve"] += solver.solve_flops
+        solved[name] = {"rows": solver.rows, "unknowns_max": unknowns, "damping": damping, "intercept": intercept}
+    if config.recalibrate_bn and bn_layers(model):
+        recalibrate_bn(model, batches(x, config.batch_size))
+        flops["forward"] += forward_flops(count_macs(model, x[:1]), len(x))
+    ctx.info.update({
+        "solved": solved, "skipped": skipped, "pruned_layers": pruned,
+        "underdetermined": warned, "data": source["data"], "samples_used": len(x), "labels_used": 0,
+        "backprop": "inputs only (data-free synthesis)" if source["flops"] else "none",
+        "recovery_flops": sum(flops.values()), "flops": flops,
+        "synthesis": {k: v for k, v in source.items() if k.startswith(("bn_loss", "steps"))},
+    })
+    return model
