@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from edgecompress.errors import EdgeCompressError
@@ -19,8 +20,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 out_console = type(console)()  # stdout, for tables and results
 
 
-def _fail(err: EdgeCompressError) -> None:
-    console.print(f"[bold red]error:[/] {err}", highlight=False, markup=False)
+def _fail(err: EdgeCompressError | ValidationError) -> None:
+    if isinstance(err, ValidationError):  # a spec built from command-line arguments
+        err = EdgeCompressError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors()))
+    console.print(f"[bold red]error:[/] {err}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -101,18 +104,27 @@ def inspect(
     try:
         net, shape = load_for_inspect(model, _parse_shape(input_shape), classes, arch, trust_pickle)
         report = inspect_model(net, shape)
-    except EdgeCompressError as err:
+    except (EdgeCompressError, ValidationError) as err:
         _fail(err)
     out_console.print(f"[bold]{model}[/]  input {shape}  params {report['params']:,}  MACs {report['macs']:,}")
-    table = Table(title="layers")
-    for col in ("layer", "type", "in", "out", "params", "MACs", "structurally prunable"):
-        table.add_column(col, justify="right" if col in ("in", "out", "params", "MACs") else "left")
+    table = Table(title="conv / linear layers")
+    table.add_column("layer", no_wrap=True)
+    table.add_column("type", no_wrap=True)
+    for col in ("in", "out", "params", "MACs"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("structurally prunable")
     for row in report["layers"]:
         ok, why = row["prunable"]
         table.add_row(row["name"], row["type"], str(row.get("in_channels", row.get("in_features", ""))),
                       str(row.get("out_channels", row.get("out_features", ""))), f"{row['params']:,}",
-                      f"{row['macs']:,}", "[green]yes[/]" if ok else f"[yellow]no[/]: {why}")
+                      f"{row['macs']:,}", _prunable_cell(ok, why))
     out_console.print(table)
+
+
+def _prunable_cell(ok: bool, why: str) -> str:
+    if not ok:
+        return f"[yellow]no[/]: {why}"
+    return "[green]yes[/]" + ("" if why == "prunable" else f" ({why.removeprefix('prunable ')})")
 
 
 @app.command()
@@ -182,7 +194,10 @@ def portfolio(
     for col in ("level", "sparsity", "acc sparse", "acc dense", "KiB sparse", "KiB dense", "size x", "MACs dense",
                 "ms sparse", "ms dense", "speedup", "max |diff|"):
         table.add_column(col, justify="right")
-    fmt = lambda v, f="{:.3f}": "-" if v is None else f.format(v)  # noqa: E731
+
+    def fmt(v: float | None, f: str = "{:.3f}") -> str:
+        return "-" if v is None else f.format(v)
+
     for lv in pf.levels:
         table.add_row(str(lv.level), fmt(lv.sparsity), fmt(lv.accuracy_sparse), fmt(lv.accuracy_dense),
                       fmt(lv.bytes_sparse / 1024, "{:.1f}"), fmt(lv.bytes_dense / 1024, "{:.1f}"),

@@ -48,9 +48,9 @@ def load_for_inspect(arg: str, input_shape: tuple[int, ...], classes: int, arch:
 def inspect_model(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
     example = torch.zeros(1, *input_shape)
     prunable = prunability(model, example)
-    layers = layer_table(model, example)
+    layers = [row for row in layer_table(model, example) if row["name"] in prunable]
     for row in layers:
-        row["prunable"] = prunable.get(row["name"], (False, "not a Conv/Linear layer"))
+        row["prunable"] = prunable[row["name"]]
     return {"params": count_params(model), "macs": count_macs(model, example), "layers": layers}
 
 
