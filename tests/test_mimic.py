@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import edgecompress as ec
-import edgecompress.prune  # noqa: F401  (before edgecompress.recover: prune.reconvene imports recover.finetune)
+import edgecompress.prune  # (before edgecompress.recover: prune.reconvene imports recover.finetune)
 from edgecompress import zoo
 from edgecompress.context import StageContext
 from edgecompress.data.task import Task
@@ -149,7 +149,7 @@ def test_too_few_samples_warns_and_damps():
 def test_structured_pruning_skips_and_lists_reshaped_layers(digits_task):
     dense = zoo.build("mnist_cnn", digits_task.input_shape, 10, width=0.5).eval()
     pruned = ec.apply("prune.structured", dense, digits_task, ratio=0.5)
-    out, info = _run("recover.mimic", pruned, digits_task, dense, calib_samples=64)
+    _, info = _run("recover.mimic", pruned, digits_task, dense, calib_samples=64)
     assert "classifier" in info["solved"]
     assert info["skipped"] and all("structured" in why for why in info["skipped"].values())
 

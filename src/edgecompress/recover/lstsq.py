@@ -59,7 +59,7 @@ def _padding(layer: nn.Module) -> tuple[int, ...]:
 def im2col(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The Conv's input patches ``[N, C_in * prod(kernel), positions]`` (channel-major, like the weight)."""
     if isinstance(layer, nn.Conv1d):  # a Conv1d is a Conv2d of height 1
-        one = lambda t: (1, t[0])  # noqa: E731
+        one = lambda t: (1, t[0])
         return F.unfold(x.unsqueeze(2), one(layer.kernel_size), dilation=one(layer.dilation),
                         padding=(0, _padding(layer)[0]), stride=one(layer.stride))
     return F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=_padding(layer), stride=layer.stride)
@@ -86,13 +86,14 @@ class MaskedLstsq:
         self.solve_flops = 0
 
     def add(self, x: torch.Tensor, y: torch.Tensor, positions: torch.Tensor | None = None) -> None:
-        """Add one batch: ``x`` the layer's input, ``y`` the target output (same shape as the layer's output).
-        ``positions``: indices of the Conv output positions to use (all when None)."""
+        """Add one batch: ``x`` the layer's input, ``y`` the target output (shaped like the layer's output).
+        ``positions``: for a Conv, the output positions to use (flat indices); ``y`` then holds only those,
+        as ``[N, out, len(positions)]``. All positions when None."""
         if isinstance(self.layer, Conv):
             cols = im2col(self.layer, x)  # [N, K, L]
             y = y.reshape(y.shape[0], y.shape[1], -1)  # [N, out, L]
             if positions is not None:
-                cols, y = cols[:, :, positions], y[:, :, positions]
+                cols = cols[:, :, positions]
             X = cols.transpose(1, 2).reshape(-1, cols.shape[1])
             Y = y.transpose(1, 2).reshape(-1, y.shape[1])
         else:

@@ -13,7 +13,9 @@ Supported: Conv1d/Conv2d (any stride, padding, dilation; grouped and depthwise p
 unstructured pruning (same architecture as the dense model) and after structured pruning for layers whose
 output size still matches the dense layer of the same name (their inputs may be narrower). Skipped and
 listed: layers whose outputs were pruned (structured), other layer types, layers called several times.
-Shortcut: Conv rows are sub-sampled (``positions`` random output positions per sample and layer).
+Cost shortcuts: Conv rows are sub-sampled (``positions`` random output positions per sample and layer), and
+the dense model runs once per batch, its layer outputs kept at those positions only (memory: samples x
+positions x output channels per layer) while the pruned model's prefix is re-run for each layer.
 """
 
 from __future__ import annotations
@@ -52,11 +54,28 @@ class MimicConfig(CalibConfig):
     recalibrate_bn: bool = Field(True, description="re-estimate BatchNorm statistics at the end")
 
 
-def _positions(layer: nn.Module, y: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor | None:
-    if not isinstance(layer, Conv) or count == 0:
-        return None
-    total = y[0, 0].numel()
-    return None if total <= count else torch.randperm(total, generator=gen)[:count]
+def _dense_targets(dense: nn.Module, names: list[str], xs: list[torch.Tensor], count: int, gen: torch.Generator
+                   ) -> dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]]:
+    """One dense forward pass per batch: every layer's output, at ``count`` random positions per Conv layer
+    (all when 0), with the position indices — the targets of the solves."""
+    out: dict[str, list] = {n: [] for n in names}
+
+    def hook(m, _inputs, y, name):
+        positions = None
+        if isinstance(m, Conv) and count and y[0, 0].numel() > count:
+            positions = torch.randperm(y[0, 0].numel(), generator=gen)[:count]
+            y = y.flatten(2)[:, :, positions]
+        out[name].append((y.detach().clone(), positions))
+
+    handles = [dense.get_submodule(n).register_forward_hook(lambda m, i, y, n=n: hook(m, i, y, n)) for n in names]
+    try:
+        with torch.no_grad():
+            for xb in xs:
+                dense(xb)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
 
 
 @register(STAGE, MimicConfig)
@@ -75,22 +94,23 @@ def recover_mimic(model: nn.Module, config: MimicConfig, ctx: StageContext) -> n
     x, source = calibration_inputs(config, ctx, dense, STAGE)
     order, shared = forward_order(model, x)
     dense_layers = dict(dense.named_modules())
-    pairs, macs, dense_macs = bn_after(model, x), prefix_macs(model, order, x), prefix_macs(dense, order, x)
-    gen = torch.Generator().manual_seed(ctx.seed)
+    pairs, macs = bn_after(model, x), prefix_macs(model, order, x)
     skipped = {n: "called more than once per forward pass" for n in shared}
-    solved, flops, warned = {}, {"forward": 0, "gram": 0, "solve": 0, "synthesis": source["flops"]}, []
-    for name in order:
+    skipped.update({n: why for n in order if n not in skipped
+                    and (why := unsupported(model.get_submodule(n), dense_layers.get(n)))})
+    todo = [n for n in order if n not in skipped]
+    xs = batches(x, config.batch_size)
+    targets = _dense_targets(dense, todo, xs, config.positions, torch.Generator().manual_seed(ctx.seed))
+    solved, warned = {}, []
+    flops = {"forward": forward_flops(count_macs(dense, x[:1]), len(x)), "gram": 0, "solve": 0,
+             "synthesis": source["flops"]}
+    for name in todo:
         layer = model.get_submodule(name)
-        reason = skipped.get(name) or unsupported(layer, dense_layers.get(name))
-        if reason:
-            skipped[name] = reason
-            continue
         intercept = config.fix_bias and (layer.bias is not None or name in pairs)
         solver = MaskedLstsq(layer, intercept)
-        for xb in batches(x, config.batch_size):
-            xp, yd = capture(model, name, xb, "input"), capture(dense, name, xb, "output")
-            solver.add(xp, yd, _positions(layer, yd, config.positions, gen))
-        flops["forward"] += forward_flops(macs[name][0] + dense_macs[name][1], len(x))
+        for xb, (yd, positions) in zip(xs, targets[name]):
+            solver.add(capture(model, name, xb, "input"), yd, positions)
+        flops["forward"] += forward_flops(macs[name][0], len(x))
         unknowns = int((layer.weight != 0).flatten(1).sum(1).max()) + int(intercept)
         damping = config.damping
         if solver.rows < unknowns:
