@@ -17,7 +17,8 @@ from edgecompress.ui import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress PyTorch networks for edge devices and prove every gain on a real runtime.")
-out_console = type(console)()  # stdout, for tables and results
+# stdout, for tables and results; piped output gets a wide fixed width instead of rich's 80 columns
+out_console = type(console)(width=None if sys.stdout.isatty() else 150)
 
 
 def _fail(err: EdgeCompressError | ValidationError) -> None:
