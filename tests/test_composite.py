@@ -85,7 +85,7 @@ def test_shifter_propagates_constants_into_unpadded_conv_and_linear():
 @torch.no_grad()
 def test_shifter_nothing_to_remove_and_unsupported_layers():
     dense = zoo.build("mnist_cnn", (1, 8, 8), 10, width=0.25).eval()
-    same, report = shift(dense, torch.randn(2, 1, 8, 8))
+    _, report = shift(dense, torch.randn(2, 1, 8, 8))
     assert report["params_ratio"] == 1.0 and report["channels_removed"] == 0
     odd = nn.Sequential(nn.Conv2d(1, 4, 1), nn.GroupNorm(2, 4), nn.ReLU(), nn.Conv2d(4, 3, 1),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()

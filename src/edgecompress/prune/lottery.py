@@ -45,7 +45,7 @@ class LotteryConfig(StageConfig):
 def _global_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
     """Extend ``masks`` by removing the ``rate`` fraction of the still-unmasked weights with the smallest |w|."""
     alive = torch.cat([m.weight.detach().abs()[masks[n].bool()] for n, m in layers.items()])
-    k = int(round(rate * alive.numel()))
+    k = round(rate * alive.numel())
     if k == 0:
         return masks
     threshold = torch.kthvalue(alive, k).values

@@ -91,7 +91,7 @@ def _synflow(model: nn.Module, layers: dict[str, nn.Module], task: Task, cfg: Pa
         net(ones).sum().backward()
         scores = {n: (m.weight.grad * m.weight).abs().detach() for n, m in mine.items()}
         density = (1 - cfg.sparsity) ** (k / cfg.iterations)
-        masks = _masks_from(scores, int(round(density * total)), masks)
+        masks = _masks_from(scores, round(density * total), masks)
     return {n: torch.where(masks[n].bool(), scores[n], torch.full_like(scores[n], -float("inf"))).float()
             for n in scores}
 
@@ -132,7 +132,7 @@ def pai_masks(model: nn.Module, config: PaIConfig, task: Task | None, seed: int 
     """Global binary masks keeping the top (1 - sparsity) fraction of the prunable weights by the score."""
     scores = pai_scores(model, config.score, task, config, seed)
     total = sum(s.numel() for s in scores.values())
-    return _masks_from(scores, int(round((1 - config.sparsity) * total)))
+    return _masks_from(scores, round((1 - config.sparsity) * total))
 
 
 @register(STAGE, PaIConfig)
