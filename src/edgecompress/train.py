@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from edgecompress.data.task import Task
 from edgecompress.errors import EdgeCompressError
@@ -56,13 +57,19 @@ def accuracy(model: nn.Module, task: Task, split: str = "val", batch_size: int =
     return correct / max(total, 1)
 
 
-def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher: nn.Module | None, has_labels: bool,
-          temperature: float, alpha: float, loss_weights: tuple[float, float] | None = None) -> torch.Tensor:
+@torch.no_grad()
+def _teacher_logits(teacher: nn.Module, inputs: torch.Tensor, device: torch.device, batch_size: int = 256):
+    """The teacher's logits for every training input, computed once: the teacher runs in eval mode on
+    unaugmented data, so its outputs are the same every epoch (this saves a teacher forward per batch)."""
+    return torch.cat([teacher(inputs[i : i + batch_size].to(device)) for i in range(0, len(inputs), batch_size)])
+
+
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None,
+          has_labels: bool, temperature: float, alpha: float,
+          loss_weights: tuple[float, float] | None = None) -> torch.Tensor:
     logits = model(x)
-    if teacher is None:
+    if teacher_logits is None:
         return F.cross_entropy(logits, y)
-    with torch.no_grad():
-        teacher_logits = teacher(x)
     if loss_weights is not None and has_labels:
         hard, soft = loss_weights
         return hard * F.cross_entropy(logits, y) + soft * distillation_loss(logits, teacher_logits, None,
@@ -83,7 +90,7 @@ def train(
     Only parameters with ``requires_grad`` are optimised. Modules pruned with ``torch.nn.utils.prune``
     keep their masks (training updates ``weight_orig``; the masked ``weight`` stays zero where masked).
     With ``teacher`` the loss is :func:`distillation_loss` against the teacher's logits (teacher in eval
-    mode, no gradients; its mode is restored); ``loss_weights=(hard, soft)`` replaces alpha's weights
+    mode, no gradients, computed once for the whole train split; its mode is restored); ``loss_weights=(hard, soft)`` replaces alpha's weights
     ``(1 - alpha, alpha)`` of the cross-entropy and the T^2-scaled soft term. ``optimizer="adam"`` is AdamW.
     ``schedule="cosine"`` anneals the learning rate per batch to zero. ``max_batches`` caps the batches
     per epoch. The run is deterministic given ``seed`` (the global RNG state is restored afterwards).
@@ -104,21 +111,25 @@ def train(
     with torch.random.fork_rng(devices=[]), progress_bar(progress) as bar:
         torch.manual_seed(seed)
         loader = task.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
+        if teacher is not None:
+            teacher.eval()
+            inputs, labels = task.train.tensors
+            targets = _teacher_logits(teacher, inputs, device).cpu()
+            loader = DataLoader(TensorDataset(inputs, labels, targets), batch_size=batch_size, shuffle=True,
+                                generator=torch.Generator().manual_seed(seed))  # same order as task.loader
         per_epoch = len(loader) if max_batches is None else min(len(loader), max_batches)
         opt = _optimizer(params, optimizer, lr, momentum, weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * per_epoch))
         bar_task = bar.add_task(description, total=epochs * per_epoch)
         try:
-            if teacher is not None:
-                teacher.eval()
             for epoch in range(1, epochs + 1):
                 model.train()
                 start, total, seen, epoch_lr = time.perf_counter(), 0.0, 0, opt.param_groups[0]["lr"]
-                for step, (x, y) in enumerate(loader):
+                for step, (x, y, *soft) in enumerate(loader):
                     if step >= per_epoch:
                         break
-                    loss = _loss(model, x.to(device), y.to(device), teacher, task.has_labels, temperature, alpha,
-                                 loss_weights)
+                    loss = _loss(model, x.to(device), y.to(device), soft[0].to(device) if soft else None,
+                                 task.has_labels, temperature, alpha, loss_weights)
                     value = loss.item()
                     if not math.isfinite(value):
                         raise EdgeCompressError(f"{description}: the loss became {value} in epoch {epoch}",
