@@ -31,9 +31,11 @@ def build_from_arch(arch: dict) -> nn.Module:
     return zoo.build(arch["zoo"], tuple(arch["input_shape"]), arch["num_classes"], **arch.get("kwargs", {}))
 
 
-def _cache_key(recipe: Recipe) -> str:
+def _cache_key(recipe: Recipe, model: nn.Module) -> str:
+    """Model spec, data, seed and the built architecture itself (so a changed zoo definition retrains)."""
     spec = recipe.model.model_dump(mode="json", exclude={"pretrain": {"cache"}})
-    blob = json.dumps({"model": spec, "data": recipe.data.model_dump(mode="json"), "seed": recipe.seed}, sort_keys=True)
+    blob = json.dumps({"model": spec, "data": recipe.data.model_dump(mode="json"), "seed": recipe.seed,
+                       "architecture": repr(model)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -47,7 +49,7 @@ def load(recipe: Recipe, task: Task, *, trust_pickle: bool = False, train: bool 
         return model
     from edgecompress.train import train as run_training
 
-    folder = cache_dir() / f"baseline-{_cache_key(recipe)}"
+    folder = cache_dir() / f"baseline-{_cache_key(recipe, model)}"
     if spec.pretrain.cache and (folder / "model.json").is_file():
         console.print(f"using cached baseline {folder}")
         return load_model(folder, lambda arch: load_from_spec(spec, task.input_shape, task.num_classes))
