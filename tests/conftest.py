@@ -23,3 +23,17 @@ def digits_task():
     from edgecompress.data import DataSpec, load_task
 
     return load_task(DataSpec(dataset="digits"))
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(digits_task):
+    """mnist_cnn trained on digits for a few seconds (~0.95+ test accuracy), shared read-only: stages deepcopy."""
+    import torch
+
+    from edgecompress import zoo
+    from edgecompress.train import train
+
+    torch.manual_seed(0)
+    model = zoo.build("mnist_cnn", digits_task.input_shape, digits_task.num_classes)
+    train(model, digits_task, epochs=3, lr=0.05, progress=False)
+    return model.eval()

@@ -14,15 +14,6 @@ from edgecompress.zoo.loading import ModelSpec, check_input, load_model
 SHAPE, CLASSES = (1, 8, 8), 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny forwards: one thread avoids OpenMP spin-waits, which slow them 100x when the CPU is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def reference():
     torch.manual_seed(0)

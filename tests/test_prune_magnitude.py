@@ -6,30 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from edgecompress import zoo
 from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
 from edgecompress.prune.magnitude import polynomial_schedule
 from edgecompress.registry import get
-from edgecompress.train import accuracy, train
+from edgecompress.train import accuracy
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two torch threads per process oversubscribe the shared 2-core machine (10x slower under load)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def base(digits_task):
-    """mnist_cnn trained on digits for a few seconds."""
-    torch.manual_seed(0)
-    model = zoo.build("mnist_cnn", digits_task.input_shape, digits_task.num_classes)
-    train(model, digits_task, epochs=3, lr=0.05, progress=False)
-    return model.eval()
+@pytest.fixture
+def base(digits_cnn):
+    return digits_cnn
 
 
 def run(name, model, task=None, **config):

@@ -56,15 +56,6 @@ class SharedReLU(nn.Module):
         return self.fc(self.relu(self.conv2(self.relu(self.conv1(x)))).mean((2, 3)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """This model's small batches run faster on one thread than on two, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(digits_task: Task) -> nn.Module:
     """SmallCNN trained on digits for 5 epochs (about 2 s on an idle machine)."""

@@ -9,7 +9,6 @@ import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
 
-from edgecompress import zoo
 from edgecompress.context import StageContext
 from edgecompress.data.task import Task
 from edgecompress.errors import EdgeCompressError
@@ -18,22 +17,9 @@ from edgecompress.registry import get
 from edgecompress.train import accuracy, distillation_loss, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two torch threads per process oversubscribe the shared 2-core machine (10x slower under load)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def teacher(digits_task):
-    """mnist_cnn (~99k params) trained on digits for a few seconds."""
-    torch.manual_seed(0)
-    model = zoo.build("mnist_cnn", digits_task.input_shape, digits_task.num_classes)
-    train(model, digits_task, epochs=3, lr=0.05, progress=False)
-    return model.eval()
+@pytest.fixture
+def teacher(digits_cnn):
+    return digits_cnn
 
 
 def tiny_cnn() -> nn.Module:

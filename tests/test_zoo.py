@@ -10,15 +10,6 @@ from edgecompress import zoo
 from edgecompress.errors import EdgeCompressError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny forwards: one thread avoids OpenMP spin-waits, which slow them 100x when the CPU is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
