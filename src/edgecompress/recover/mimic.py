@@ -6,7 +6,7 @@ order, the pruned network's own propagated inputs ``X`` (so earlier corrections 
 layer's outputs ``Y`` (pre-BatchNorm for a Conv) are the data of a least-squares re-solve of the surviving
 weights, restricted to the mask (:mod:`edgecompress.recover.lstsq`). The bias — or, for a layer without bias,
 a shift folded into the BatchNorm after it — is solved jointly (the intercept of the fit), which is the bias
-correction; finally BatchNorm statistics are re-estimated. No labels and no backpropagation (data-free mode
+correction; optionally (``recalibrate_bn``) BatchNorm statistics are re-estimated. No labels and no backpropagation (data-free mode
 only back-propagates to the synthetic inputs, never to weights).
 
 Supported: Conv1d/Conv2d (any stride, padding, dilation; grouped and depthwise per group) and Linear, after
@@ -51,7 +51,10 @@ class MimicConfig(CalibConfig):
                                                                "sample (0: all) — bounds the X^T X cost")
     fix_bias: bool = Field(True, description="solve a per-channel intercept jointly (into the bias, or the running "
                                              "mean of the BatchNorm after a bias-free layer)")
-    recalibrate_bn: bool = Field(True, description="re-estimate BatchNorm statistics at the end")
+    recalibrate_bn: bool = Field(False, description="re-estimate BatchNorm statistics at the end (off: after the "
+                                                     "solve the pre-BN outputs match the dense ones; re-estimating "
+                                                     "on 128 samples measured worse, benchmarks/results/"
+                                                     "mimic_recovery.md)")
 
 
 def _dense_targets(dense: nn.Module, names: list[str], xs: list[torch.Tensor], count: int, gen: torch.Generator
