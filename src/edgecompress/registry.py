@@ -40,8 +40,9 @@ class Stage:
 
     @property
     def summary(self) -> str:
+        """The first paragraph of the stage function's docstring, on one line."""
         doc = (self.fn.__doc__ or "").strip()
-        return doc.splitlines()[0] if doc else ""
+        return " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
 
     def __call__(self, model: nn.Module, config: StageConfig, ctx: StageContext) -> nn.Module | StageOutput:
         return self.fn(model, config, ctx)
