@@ -8,6 +8,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+import torch.nn.utils.prune
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -33,6 +34,18 @@ def distillation_loss(
     if labels is None:
         return soft
     return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def mask_zeros(model: nn.Module) -> list[nn.Module]:
+    """Put a torch prune mask on every Conv/Linear weight that has exact zeros (and no mask yet), so training
+    keeps them zero; returns the masked modules (``torch.nn.utils.prune.remove`` them afterwards)."""
+    masked = []
+    for m in model.modules():
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and not hasattr(m, "weight_mask") \
+                and bool((m.weight == 0).any()):
+            torch.nn.utils.prune.custom_from_mask(m, "weight", mask=(m.weight != 0).to(m.weight.dtype))
+            masked.append(m)
+    return masked
 
 
 def _optimizer(params: list[nn.Parameter], name: str, lr: float, momentum: float, weight_decay: float):

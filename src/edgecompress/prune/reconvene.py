@@ -30,9 +30,8 @@ from edgecompress.context import StageContext
 from edgecompress.data.task import Task
 from edgecompress.prune.analysis import build_graph, output_layers
 from edgecompress.prune.pai import PaIConfig, Score, pai_masks
-from edgecompress.recover.finetune import mask_zeros
 from edgecompress.registry import StageConfig, register
-from edgecompress.train import train
+from edgecompress.train import mask_zeros, train
 
 STAGE = "prune.reconvene"
 _CONV = nn.modules.conv._ConvNd

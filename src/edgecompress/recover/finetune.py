@@ -12,10 +12,9 @@ from torch import nn
 
 from edgecompress.context import StageContext
 from edgecompress.measure import count_macs
-from edgecompress.prune.analysis import prunable_layers
 from edgecompress.recover.flops import forward_flops, training_flops
 from edgecompress.registry import StageConfig, register
-from edgecompress.train import accuracy, train
+from edgecompress.train import accuracy, mask_zeros, train
 
 
 class DistillConfig(StageConfig):
@@ -37,17 +36,6 @@ class FinetuneConfig(StageConfig):
                                                "stay zero: they are masked during training")
     distill: DistillConfig | None = Field(None, description="also match the teacher's soft targets "
                                                              "(the model as it entered the recipe)")
-
-
-def mask_zeros(model: nn.Module) -> list[nn.Module]:
-    """Put a torch prune mask on every Conv/Linear weight that has exact zeros (and no mask yet), so training
-    keeps them zero; returns the masked modules (``torch.nn.utils.prune.remove`` them afterwards)."""
-    masked = []
-    for m in prunable_layers(model).values():
-        if not hasattr(m, "weight_mask") and bool((m.weight == 0).any()):
-            tprune.custom_from_mask(m, "weight", mask=(m.weight != 0).to(m.weight.dtype))
-            masked.append(m)
-    return masked
 
 
 @register("finetune", FinetuneConfig)
