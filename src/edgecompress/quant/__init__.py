@@ -1,4 +1,3 @@
-"""Quantization stages; importing this package registers them (``quant.ptq``, ``quant.dynamic``)."""
+"""Quantization stages; importing this package registers them (``quant.ptq``, ``quant.dynamic``, ``quant.act``, ``quant.dqa``)."""
 
-from edgecompress.quant import dynamic, ptq  # noqa: F401
-from edgecompress.quant import actquant, dqa  # noqa: F401,E402  (quant.act, quant.dqa)
+from edgecompress.quant import actquant, dqa, dynamic, ptq  # noqa: F401

@@ -13,8 +13,9 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -250,7 +251,7 @@ def noisyquant_search(model: nn.Module, wrappers: list[QuantizedOutput], bits: i
             quantiles = torch.quantile(flat, pcts, dim=1)
             zero_noise = torch.zeros(y.shape[1:])
 
-            def score(q: Quantizer) -> float:
+            def score(q: Quantizer, i: int = i, y: torch.Tensor = y) -> float:
                 return torch.mean((suffix(i, q(y), calib) - reference) ** 2).item()
 
             clips = [quantiles[j] / top for j in range(CANDIDATES)]
