@@ -28,6 +28,7 @@ from torch import nn
 
 from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
+from edgecompress.hooks import forward_with_hooks
 from edgecompress.measure.counts import count_params
 from edgecompress.prune.analysis import build_graph, output_layers, prunable_layers
 from edgecompress.registry import StageConfig, register
@@ -105,12 +106,7 @@ def _capture_inputs(model: nn.Module, modules: list[nn.Module], example: torch.T
     seen: dict[nn.Module, torch.Tensor] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, args: seen.setdefault(mod, args[0].detach().clone()))
              for m in modules]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, example, hooks)
     return seen
 
 

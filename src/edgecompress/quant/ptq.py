@@ -31,6 +31,7 @@ from torch import nn
 from edgecompress.context import StageContext, StageOutput
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
+from edgecompress.hooks import forward_with_hooks
 from edgecompress.registry import StageConfig, register
 
 if TYPE_CHECKING:
@@ -243,12 +244,7 @@ def check_no_shared_modules(model: nn.Module, example: torch.Tensor) -> None:
     calls: Counter[str] = Counter()
     hooks = [m.register_forward_hook(lambda *_, name=name: calls.update([name]))
              for name, m in model.named_modules() if not any(m.children())]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, example, hooks)
     shared = sorted(name for name, count in calls.items() if count > 1)
     if shared:
         raise EdgeCompressError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgecompress.hooks import forward_with_hooks
 from edgecompress.measure import layer_table
 from edgecompress.prune.analysis import prunable_layers
 
@@ -21,12 +22,7 @@ def forward_order(model: nn.Module, x: torch.Tensor) -> tuple[list[str], set[str
     layers = prunable_layers(model)
     calls: list[str] = []
     handles = [m.register_forward_pre_hook(lambda _m, _i, n=n: calls.append(n)) for n, m in layers.items()]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, x[:1], handles)
     order = list(dict.fromkeys(calls))
     return order, {n for n in order if calls.count(n) > 1}
 
@@ -72,12 +68,7 @@ def bn_after(model: nn.Module, x: torch.Tensor) -> dict[str, str]:
                 if hit is not None and hit[1] is inputs[0]:
                     pairs.setdefault(hit[0], n)
             handles.append(m.register_forward_pre_hook(pre))
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, x[:1], handles)
     return pairs
 
 
