@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -186,13 +185,7 @@ def parse_recipe(data: Any, source: str = "<recipe>", text: str | None = None) -
     except _StageError as err:
         _raise(source, err.errors, lines)
     except ValidationError as err:
-        errors = []
-        for e in err.errors():
-            cause = e.get("ctx", {}).get("error")
-            if isinstance(cause, _StageError):
-                errors += cause.errors
-            else:
-                errors.append((tuple(e["loc"]), _describe(e, _model_at(tuple(e["loc"])[:-1]))))
+        errors = [(tuple(e["loc"]), _describe(e, _model_at(tuple(e["loc"])[:-1]))) for e in err.errors()]
         _raise(source, errors, lines)
     raise AssertionError("unreachable")
 
@@ -234,7 +227,3 @@ def load_recipe(path: str | Path) -> Recipe:
 def packaged_recipes() -> list[str]:
     folder = resources.files("edgecompress") / "recipes"
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def recipe_json(recipe: Recipe) -> dict:
-    return json.loads(json.dumps(yaml.safe_load(recipe.to_yaml())))
