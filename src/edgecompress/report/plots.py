@@ -193,25 +193,12 @@ def kept_channels(metrics: dict) -> str | None:
     if not base or not any(name in final for name, _ in base):
         return None
 
-    def draw(fig: Figure) -> None:
-        ax = fig.subplots()
-        ys = range(len(base))
-        kept = [final.get(name) or 0 for name, _ in base]
-        shares = [100 * k / c for k, (_, c) in zip(kept, base)]
-        ax.barh(ys, [100] * len(base), color="#f1f5f9")
-        ax.barh(ys, shares, height=0.6, color=PALETTE[0])
-        for y, (name, c), k, share in zip(ys, base, kept, shares):
-            text, color = (f"{k:.0f}/{c:.0f}", "#334155") if name in final else ("removed", "#dc2626")
-            ax.annotate(text, (share, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8,
-                        color=color)
-        ax.set_yticks(list(ys), [name for name, _ in base], fontsize=8)
-        ax.set_ylim(len(base) - 0.5, -0.5)  # first layer on top, no empty margin
-        ax.set_xlim(0, 112)
-        ax.set_xticks(range(0, 101, 20))
-        ax.grid(axis="y", visible=False)
-        ax.set(xlabel="output channels kept (% of baseline)", title="Kept channels per layer (final vs baseline)")
-
-    return _draw(5.6, _layer_height(len(base)), draw)
+    kept = [final.get(name) or 0 for name, _ in base]
+    labels = [(f"{k:.0f}/{c:.0f}", "#334155") if name in final else ("removed", "#dc2626")
+              for k, (name, c) in zip(kept, base)]
+    shares = [100 * k / c for k, (_, c) in zip(kept, base)]
+    return _layer_bars([name for name, _ in base], shares, labels, PALETTE[0],
+                       "output channels kept (% of baseline)", "Kept channels per layer (final vs baseline)")
 
 
 def layer_sparsity(metrics: dict) -> str | None:
@@ -222,21 +209,31 @@ def layer_sparsity(metrics: dict) -> str | None:
     if not rows:
         return None
 
+    return _layer_bars([name for name, _ in rows], [share for _, share in rows],
+                       [(f"{share:.1f}%", None) for _, share in rows], PALETTE[4], "zero weights (%)",
+                       "Per-layer sparsity of the final model")
+
+
+def _layer_bars(names: list[str], shares: list[float], labels: list[tuple[str, str | None]], color: str,
+                xlabel: str, title: str) -> str:
+    """Horizontal 0-100% bars, one per layer (first layer on top), each annotated with ``(text, colour)``."""
+
     def draw(fig: Figure) -> None:
         ax = fig.subplots()
-        ys = range(len(rows))
-        ax.barh(ys, [100] * len(rows), color="#f1f5f9")
-        ax.barh(ys, [s for _, s in rows], height=0.6, color=PALETTE[4])
-        for y, (_, s) in zip(ys, rows):
-            ax.annotate(f"{s:.1f}%", (s, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
-        ax.set_yticks(list(ys), [name for name, _ in rows], fontsize=8)
-        ax.set_ylim(len(rows) - 0.5, -0.5)  # first layer on top, no empty margin
+        ys = range(len(names))
+        ax.barh(ys, [100] * len(names), color="#f1f5f9")
+        ax.barh(ys, shares, height=0.6, color=color)
+        for y, share, (text, text_color) in zip(ys, shares, labels):
+            ax.annotate(text, (share, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8,
+                        color=text_color)
+        ax.set_yticks(list(ys), names, fontsize=8)
+        ax.set_ylim(len(names) - 0.5, -0.5)  # first layer on top, no empty margin
         ax.set_xlim(0, 112)
         ax.set_xticks(range(0, 101, 20))
         ax.grid(axis="y", visible=False)
-        ax.set(xlabel="zero weights (%)", title="Per-layer sparsity of the final model")
+        ax.set(xlabel=xlabel, title=title)
 
-    return _draw(5.6, _layer_height(len(rows)), draw)
+    return _draw(5.6, _layer_height(len(names)), draw)
 
 
 def make_plots(metrics: dict) -> list[Plot]:
