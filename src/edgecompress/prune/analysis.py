@@ -15,6 +15,17 @@ from edgecompress.errors import EdgeCompressError
 PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
 
+def ratio_or_macs_target(data, ratio_key: str, default: float = 0.5):
+    """Config pre-validation shared by the structured pruners: ``ratio_key`` and ``target_macs_ratio`` are
+    mutually exclusive, and ``ratio_key`` defaults to ``default`` when neither is given."""
+    if isinstance(data, dict):
+        if data.get(ratio_key) is not None and data.get("target_macs_ratio") is not None:
+            raise ValueError(f"give either {ratio_key} or target_macs_ratio, not both")
+        if data.get(ratio_key) is None and data.get("target_macs_ratio") is None:
+            data = {**data, ratio_key: default}
+    return data
+
+
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The Conv/Linear layers of ``model`` by qualified name, in module order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}

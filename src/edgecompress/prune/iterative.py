@@ -19,6 +19,7 @@ from torch import nn
 from edgecompress.context import StageContext
 from edgecompress.data.task import Task
 from edgecompress.measure.counts import count_macs, count_params
+from edgecompress.prune.analysis import ratio_or_macs_target
 from edgecompress.prune.steps import Plan, find_groups, make_plan, prune_group, ratio_for_macs
 from edgecompress.registry import StageConfig, register
 from edgecompress.train import accuracy, train
@@ -54,12 +55,7 @@ class IterativeConfig(StageConfig):
     @model_validator(mode="before")
     @classmethod
     def _one_target(cls, data):
-        if isinstance(data, dict):
-            if data.get("target_ratio") is not None and data.get("target_macs_ratio") is not None:
-                raise ValueError("give either target_ratio or target_macs_ratio, not both")
-            if data.get("target_ratio") is None and data.get("target_macs_ratio") is None:
-                data = {**data, "target_ratio": 0.5}
-        return data
+        return ratio_or_macs_target(data, "target_ratio")
 
 
 class StepPolicy:

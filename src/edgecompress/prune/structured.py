@@ -17,7 +17,14 @@ from edgecompress.context import StageContext
 from edgecompress.data.task import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs, count_params
-from edgecompress.prune.analysis import PRUNABLE_TYPES, build_graph, output_layers, prunable_layers, resolve_layers
+from edgecompress.prune.analysis import (
+    PRUNABLE_TYPES,
+    build_graph,
+    output_layers,
+    prunable_layers,
+    ratio_or_macs_target,
+    resolve_layers,
+)
 from edgecompress.registry import StageConfig, register
 
 STAGE = "prune.structured"
@@ -54,12 +61,7 @@ class StructuredConfig(StageConfig):
     @model_validator(mode="before")
     @classmethod
     def _one_target(cls, data):
-        if isinstance(data, dict):
-            if data.get("ratio") is not None and data.get("target_macs_ratio") is not None:
-                raise ValueError("give either ratio or target_macs_ratio, not both")
-            if data.get("ratio") is None and data.get("target_macs_ratio") is None:
-                data = {**data, "ratio": 0.5}
-        return data
+        return ratio_or_macs_target(data, "ratio")
 
 
 def _importance(criterion: str) -> tp.importance.Importance:
