@@ -150,16 +150,15 @@ class Server:
     """A small serving loop over a portfolio: all shifted models stay loaded; switching swaps a reference."""
 
     def __init__(self, portfolio: Portfolio, threads: int = 1):
-        import onnxruntime as ort
-
         self.portfolio, self.threads = portfolio, threads
-        self.sessions = {lv.level: self._session(lv.dense_onnx, ort) for lv in portfolio.levels}
+        self.sessions = {lv.level: self._runner(lv.dense_onnx) for lv in portfolio.levels}
         self.current = portfolio.levels[0].level
 
-    def _session(self, path: str, ort):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    def _runner(self, path: str):
+        """An ONNX Runtime session with the same settings every other measurement uses."""
+        from edgecompress.export.artifact import Artifact
+
+        return Artifact(Path(path), "onnx", "onnxruntime").runner(self.threads)
 
     def select(self, latency_ms: float | None = None, memory_mb: float | None = None) -> tuple[int, str]:
         """The most accurate level (ties: fastest) within the budgets; if none fits, the fastest, and say so."""
@@ -194,12 +193,9 @@ class Server:
 
     def reload_first_request(self, level: int, x: np.ndarray) -> float:
         """Seconds to load ``level`` from disk into a new session and answer one request (the alternative)."""
-        import onnxruntime as ort
-
         start = time.perf_counter()
-        session = self._session(self.portfolio.levels[level].dense_onnx, ort)
-        session.run(None, {"input": x})
+        self._runner(self.portfolio.levels[level].dense_onnx)(x)
         return time.perf_counter() - start
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.sessions[self.current].run(None, {"input": x})[0]
+        return self.sessions[self.current](x)
