@@ -1,3 +1,4 @@
-"""Quantization stages; importing this package registers them (``quant.ptq``, ``quant.dynamic``, ``quant.act``, ``quant.dqa``)."""
+"""Quantization stages; importing this package registers them (``quant.ptq``, ``quant.dynamic``, ``quant.act``,
+``quant.dqa``, ``quant.weight``, ``quant.mixed``)."""
 
-from edgecompress.quant import actquant, dqa, dynamic, ptq  # noqa: F401
+from edgecompress.quant import actquant, dqa, dynamic, mixed, ptq, weightonly  # noqa: F401

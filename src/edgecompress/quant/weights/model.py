@@ -1,0 +1,111 @@
+"""Weight-only quantization of a whole model: BatchNorm folding, which layers are quantized (and why the others
+stay float), and the layer-by-layer pass (round-to-nearest, or GPTQ in forward order so that each layer's
+Hessian comes from the outputs of the already-quantized layers before it, as in the GPTQ paper)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.quant.ptq import check_module_names, in_module
+from edgecompress.quant.weights.gptq import Hessian, gptq
+from edgecompress.quant.weights.quantizer import QuantizedWeight, QuantSpec, container_bits, rtn
+from edgecompress.recover.capture import bn_after, capture, forward_order
+from edgecompress.recover.lstsq import unsupported
+
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+FOLD_TOLERANCE = 1e-4  # relative output change allowed by BatchNorm folding (float rounding only)
+BATCH = 64
+
+
+def fold_batchnorm(model: nn.Module, x: torch.Tensor, stage: str) -> nn.Module:
+    """A copy of ``model`` with every BatchNorm that directly follows a Conv/Linear folded into it (the
+    BatchNorm becomes ``Identity``), so the quantized weights are exactly the ones the ONNX file ships."""
+    folded = copy.deepcopy(model).eval()
+    for layer_name, bn_name in bn_after(folded, x).items():
+        layer, bn = folded.get_submodule(layer_name), folded.get_submodule(bn_name)
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+            fused = fuse_conv_bn_eval(layer, bn)
+        elif isinstance(layer, nn.Linear) and bn.num_features == layer.out_features:
+            fused = fuse_linear_bn_eval(layer, bn)
+        else:
+            continue
+        folded.set_submodule(layer_name, fused)
+        folded.set_submodule(bn_name, nn.Identity())
+    with torch.no_grad():
+        ref, out = model.eval()(x), folded(x)
+    if (out - ref).abs().max() > FOLD_TOLERANCE * max(1.0, float(ref.abs().max())):
+        raise EdgeCompressError(
+            "folding BatchNorm into the layer before it changed the model's outputs (a layer's output is used "
+            "both by its BatchNorm and elsewhere)", where=stage,
+            fix="fold the BatchNorm layers yourself or exclude that layer's BatchNorm pattern from the model",
+        )
+    return folded
+
+
+def select_layers(model: nn.Module, x: torch.Tensor, exclude: list[str], stage: str
+                  ) -> tuple[list[str], dict[str, str]]:
+    """The Conv/Linear layers to quantize, in forward order, and the weighted layers kept float with the reason."""
+    check_module_names(model, exclude, stage)
+    order, shared = forward_order(model, x)
+    chosen, floating = [], {}
+    for name in order:
+        layer = model.get_submodule(name)
+        if any(in_module(name, e) for e in exclude):
+            floating[name] = "excluded by the config"
+        elif not isinstance(layer, QUANTIZABLE):
+            floating[name] = f"{type(layer).__name__} is not supported (Conv1d, Conv2d and Linear are)"
+        elif name in shared:
+            floating[name] = "called more than once per forward pass (shared weights)"
+        else:
+            chosen.append(name)
+    if not chosen:
+        raise EdgeCompressError("no layer is left to quantize", where=f"{stage}.exclude",
+                                fix=f"keep at least one Conv/Linear layer; kept float: {floating}")
+    return chosen, floating
+
+
+def _gptq_layer(model: nn.Module, name: str, spec: QuantSpec, x: torch.Tensor, damp: float, act_order: bool
+                ) -> tuple[QuantizedWeight, float]:
+    """GPTQ one layer, its Hessian from the inputs it receives in ``model`` as it is now (one per conv group)."""
+    layer = model.get_submodule(name)
+    hessian = Hessian(layer)
+    for xb in x.split(BATCH):
+        hessian.add(capture(model, name, xb, "input"))
+    w = layer.weight.detach().flatten(1)
+    rows = w.shape[0] // hessian.groups
+    parts = [gptq(w[g * rows:(g + 1) * rows], hessian.matrix(g), spec, damp, act_order) for g in range(hessian.groups)]
+    q = [p[0] for p in parts]
+    zero = None if spec.symmetric else torch.cat([p.zero for p in q])
+    return QuantizedWeight(torch.cat([p.codes for p in q]), torch.cat([p.scale for p in q]), zero, spec), \
+        max(p[1] for p in parts)
+
+
+def quantize_layers(model: nn.Module, specs: dict[str, QuantSpec], x: torch.Tensor | None, method: str,
+                    damp: float = 0.01, act_order: bool = False) -> tuple[dict[str, QuantizedWeight], dict]:
+    """Quantize the layers of ``specs`` (names in forward order) in place: each weight becomes its dequantized
+    value. ``method`` ``gptq`` needs calibration inputs ``x``; layers GPTQ cannot view as im2col fall back to
+    round-to-nearest (said in the returned per-layer table)."""
+    quantized, table = {}, {}
+    for name, spec in specs.items():
+        layer = model.get_submodule(name)
+        why_not = unsupported(layer, layer) if method == "gptq" else None
+        row = {"bits": spec.bits, "container": f"int{container_bits(spec.bits)}", "method": method}
+        if method == "gptq" and why_not is None:
+            qw, used = _gptq_layer(model, name, spec, x, damp, act_order)
+            if used != damp:
+                row["damp"] = used
+        else:
+            qw = rtn(layer.weight.detach().flatten(1), spec)
+            if why_not:
+                row["method"] = f"rtn ({why_not})"
+        with torch.no_grad():
+            layer.weight.copy_(qw.dequantize().reshape(layer.weight.shape))
+        quantized[name] = qw
+        rows, k = qw.codes.shape
+        table[name] = {**row, "group": qw.group, "params": rows * k, "fp32_bytes": 4 * rows * k, "bytes": qw.nbytes}
+    return quantized, table
