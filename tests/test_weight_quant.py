@@ -40,8 +40,8 @@ class Toy(nn.Module):
         return self.seq(h.reshape(-1, 2, 3).repeat(1, 1, 2)).flatten(1)
 
 
-def _export(model: nn.Module, specs: dict[str, QuantSpec], x: torch.Tensor, tmp_path, method="rtn"):
-    quantized, table = quantize_layers(model, specs, x, method)
+def _export(model: nn.Module, specs: dict[str, QuantSpec], x: torch.Tensor, tmp_path, algorithm="rtn"):
+    quantized, table = quantize_layers(model, specs, x, algorithm)
     artifact, fp32, names = write_weight_only_onnx(model, quantized, x[:1], tmp_path / "w.onnx", 17)
     return quantized, table, artifact, fp32, names
 
@@ -108,8 +108,8 @@ def _stage(name, model, task, **config):
 
 def test_weight_stage_gptq_vs_rtn_on_digits(digits_cnn, digits_task):
     fp32 = digits_task.evaluate_model(digits_cnn)["accuracy"]
-    rtn_acc, _, _ = _stage("quant.weight", digits_cnn, digits_task, bits=3, method="rtn")
-    gptq_acc, info, artifact = _stage("quant.weight", digits_cnn, digits_task, bits=3, method="gptq")
+    rtn_acc, _, _ = _stage("quant.weight", digits_cnn, digits_task, bits=3, algorithm="rtn")
+    gptq_acc, info, artifact = _stage("quant.weight", digits_cnn, digits_task, bits=3, algorithm="gptq")
     assert gptq_acc >= rtn_acc - 0.005 and gptq_acc > fp32 - 0.03
     assert info["onnx_max_abs_diff"] < 1e-4 and artifact.precision == "fp32-w3"
     assert info["weight_bytes"] == info["weight_bytes_predicted"] < 0.2 * info["weight_bytes_fp32"]
@@ -119,9 +119,9 @@ def test_weight_stage_gptq_vs_rtn_on_digits(digits_cnn, digits_task):
 
 
 def test_mixed_meets_budget_and_beats_uniform_lowest(digits_cnn, digits_task):
-    low_acc, _, _ = _stage("quant.weight", digits_cnn, digits_task, bits=2, method="rtn")
+    low_acc, _, _ = _stage("quant.weight", digits_cnn, digits_task, bits=2, algorithm="rtn")
     acc, info, artifact = _stage("quant.mixed", digits_cnn, digits_task, candidate_bits=[2, 8], size_budget=0.2,
-                                 method="rtn", calib_samples=128)
+                                 algorithm="rtn", calib_samples=128)
     assert info["weight_bytes"] <= info["budget_bytes"] == int(0.2 * info["weight_bytes_fp32"])
     assert acc >= low_acc and set(info["plan"].values()) == {2, 8}
     assert artifact.precision == "fp32-w2/8" and info["onnx_max_abs_diff"] < 1e-4
@@ -141,22 +141,22 @@ def test_plan_is_the_exact_knapsack_optimum():
 
 def test_bad_input(digits_cnn, digits_task):
     weight, mixed = get("quant.weight"), get("quant.mixed")
-    for bad in ({"bits": 1}, {"bits": 9}, {"group_size": 3}, {"method": "awq"}):
+    for bad in ({"bits": 1}, {"bits": 9}, {"group_size": 3}, {"algorithm": "awq"}):
         with pytest.raises(ValidationError):
             weight.config(**bad)
     with pytest.raises(ValidationError, match="outside the supported 2-8"):
         mixed.config(candidate_bits=[4, 16])
     with pytest.raises(EdgeCompressError, match="smallest achievable size"):
-        _stage("quant.mixed", digits_cnn, digits_task, candidate_bits=[4, 8], size_budget=0.1, method="rtn")
+        _stage("quant.mixed", digits_cnn, digits_task, candidate_bits=[4, 8], size_budget=0.1, algorithm="rtn")
     with pytest.raises(EdgeCompressError, match="not a module"):
-        _stage("quant.weight", digits_cnn, digits_task, exclude=["features.99"], method="rtn")
+        _stage("quant.weight", digits_cnn, digits_task, exclude=["features.99"], algorithm="rtn")
     ctx = StageContext(task=digits_task, progress=False, export=ExportSettings(format="pytorch", runtime="torch"))
     with pytest.raises(EdgeCompressError, match="export.format"):
         weight(digits_cnn, weight.config(), ctx)
 
 
 def test_excluded_layers_stay_float(digits_cnn, digits_task):
-    _, info, artifact = _stage("quant.weight", digits_cnn, digits_task, bits=4, method="rtn", exclude=["classifier"])
+    _, info, artifact = _stage("quant.weight", digits_cnn, digits_task, bits=4, algorithm="rtn", exclude=["classifier"])
     assert info["float_layers"] == {"classifier": "excluded by the config"} and "classifier" not in info["layers"]
     gemm = next(n for n in onnx.load(str(artifact.path)).graph.node if n.op_type == "Gemm")
     producers = {o for n in onnx.load(str(artifact.path)).graph.node for o in n.output}

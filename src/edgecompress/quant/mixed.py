@@ -72,7 +72,7 @@ def sensitivity(model: nn.Module, layers: list[str], x: torch.Tensor, specs: lis
         original = weight.detach().clone()
         table[name] = {}
         for spec in specs:
-            quantize_layers(model, {name: spec}, x, config.method, config.damp, config.act_order)
+            quantize_layers(model, {name: spec}, x, config.algorithm, config.damp, config.act_order)
             table[name][spec.bits] = _kl(model, x, reference)
             with torch.no_grad():
                 weight.copy_(original)

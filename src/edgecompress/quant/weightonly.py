@@ -42,8 +42,8 @@ class WeightQuantBase(StageConfig):
     )
     symmetric: bool = Field(True, description="scale = max|w| / (2^(b-1)-1) and no zero point (else min/max "
                                               "range with an integer zero point per group)")
-    method: Literal["rtn", "gptq"] = Field("gptq", description="rtn: round to nearest; gptq: GPTQ error "
-                                                               "compensation from calibration inputs")
+    algorithm: Literal["rtn", "gptq"] = Field("gptq", description="rtn: round to nearest; gptq: GPTQ error "
+                                                                  "compensation from calibration inputs")
     calib_samples: int = Field(128, ge=MIN_CALIB_SAMPLES, le=100_000,
                                description="unlabeled training inputs (GPTQ Hessians, sensitivity, output check)")
     damp: float = Field(0.01, gt=0.0, le=1.0, description="GPTQ dampening, relative to the mean diagonal of H")
@@ -93,7 +93,7 @@ def quantize_and_export(prep: Prepared, specs: dict[str, QuantSpec], config: Wei
                         precision: str) -> tuple[Artifact, dict]:
     """Quantize ``prep.model`` in place with ``specs``, write the packed ONNX artifact and check it in ONNX
     Runtime against the PyTorch model with the dequantized weights. Returns the artifact and its report."""
-    quantized, table = quantize_layers(prep.model, specs, prep.x, config.method, config.damp, config.act_order)
+    quantized, table = quantize_layers(prep.model, specs, prep.x, config.algorithm, config.damp, config.act_order)
     path = ctx.scratch_dir() / f"model_{precision.replace('fp32-', '').replace('/', '_')}.onnx"
     artifact, fp32, names = write_weight_only_onnx(prep.model, quantized, prep.x[:1], path, ctx.export.opset)
     artifact.precision = precision
@@ -102,7 +102,7 @@ def quantize_and_export(prep: Prepared, specs: dict[str, QuantSpec], config: Wei
         expected = prep.model(check).numpy()
     diff = float(np.abs(artifact.runner()(check.numpy()) - expected).max())
     report = {
-        "method": GPTQ_NOTE if config.method == "gptq" else "round to nearest",
+        "algorithm": GPTQ_NOTE if config.algorithm == "gptq" else "round to nearest",
         "layers": table, "float_layers": prep.floating,
         "weight_bytes_fp32": sum(r["fp32_bytes"] for r in table.values()),
         "weight_bytes_predicted": sum(r["bytes"] for r in table.values()),
@@ -119,7 +119,7 @@ def weight_quant(model: nn.Module, config: WeightQuantConfig, ctx: StageContext)
 
     Every Conv/Linear weight (BatchNorm folded in) becomes packed INT4 (2-4 bits) or INT8 (5-8 bits) codes with
     float32 scales, dequantized by ``DequantizeLinear`` (opset 21) in the ONNX file; activations stay float.
-    ``method: gptq`` (default) compensates rounding errors from ``calib_samples`` unlabeled inputs. The float
+    ``algorithm: gptq`` (default) compensates rounding errors from ``calib_samples`` unlabeled inputs. The float
     model is returned unchanged beside the artifact; ``ctx.info`` lists per-layer bits/group/bytes and the
     layers kept float.
     """

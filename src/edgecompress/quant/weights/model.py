@@ -85,24 +85,24 @@ def _gptq_layer(model: nn.Module, name: str, spec: QuantSpec, x: torch.Tensor, d
         max(p[1] for p in parts)
 
 
-def quantize_layers(model: nn.Module, specs: dict[str, QuantSpec], x: torch.Tensor | None, method: str,
+def quantize_layers(model: nn.Module, specs: dict[str, QuantSpec], x: torch.Tensor | None, algorithm: str,
                     damp: float = 0.01, act_order: bool = False) -> tuple[dict[str, QuantizedWeight], dict]:
     """Quantize the layers of ``specs`` (names in forward order) in place: each weight becomes its dequantized
-    value. ``method`` ``gptq`` needs calibration inputs ``x``; layers GPTQ cannot view as im2col fall back to
+    value. ``algorithm`` ``gptq`` needs calibration inputs ``x``; layers GPTQ cannot view as im2col fall back to
     round-to-nearest (said in the returned per-layer table)."""
     quantized, table = {}, {}
     for name, spec in specs.items():
         layer = model.get_submodule(name)
-        why_not = unsupported(layer, layer) if method == "gptq" else None
-        row = {"bits": spec.bits, "container": f"int{container_bits(spec.bits)}", "method": method}
-        if method == "gptq" and why_not is None:
+        why_not = unsupported(layer, layer) if algorithm == "gptq" else None
+        row = {"bits": spec.bits, "container": f"int{container_bits(spec.bits)}", "algorithm": algorithm}
+        if algorithm == "gptq" and why_not is None:
             qw, used = _gptq_layer(model, name, spec, x, damp, act_order)
             if used != damp:
                 row["damp"] = used
         else:
             qw = rtn(layer.weight.detach().flatten(1), spec)
             if why_not:
-                row["method"] = f"rtn ({why_not})"
+                row["algorithm"] = f"rtn ({why_not})"
         with torch.no_grad():
             layer.weight.copy_(qw.dequantize().reshape(layer.weight.shape))
         quantized[name] = qw
