@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -96,7 +97,7 @@ def train(
     batch_size: int = 64, schedule: Literal["cosine", "constant"] = "cosine",
     teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.5,
     seed: int = 0, progress: bool = True, description: str = "train", max_batches: int | None = None,
-    loss_weights: tuple[float, float] | None = None,
+    loss_weights: tuple[float, float] | None = None, on_epoch: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on ``task``'s train split; returns one history entry per epoch.
 
@@ -106,7 +107,8 @@ def train(
     mode, no gradients, computed once for the whole train split; its mode is restored); ``loss_weights=(hard, soft)`` replaces alpha's weights
     ``(1 - alpha, alpha)`` of the cross-entropy and the T^2-scaled soft term. ``optimizer="adam"`` is AdamW.
     ``schedule="cosine"`` anneals the learning rate per batch to zero. ``max_batches`` caps the batches
-    per epoch. The run is deterministic given ``seed`` (the global RNG state is restored afterwards).
+    per epoch. ``on_epoch(epoch)`` runs before each epoch (1-based), e.g. to freeze parts of the model.
+    The run is deterministic given ``seed`` (the global RNG state is restored afterwards).
     History entries: ``{"epoch", "loss", "val_accuracy", "lr", "seconds"}`` (``val_accuracy``: None
     without labels; ``lr``: at the start of the epoch).
     """
@@ -136,6 +138,8 @@ def train(
         bar_task = bar.add_task(description, total=epochs * per_epoch)
         try:
             for epoch in range(1, epochs + 1):
+                if on_epoch is not None:
+                    on_epoch(epoch)
                 model.train()
                 start, total, seen, epoch_lr = time.perf_counter(), 0.0, 0, opt.param_groups[0]["lr"]
                 for step, (x, y, *soft) in enumerate(loader):
