@@ -57,7 +57,7 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
 def artifact_from_file(path: Path, input_shape: tuple[int, ...] | None) -> tuple[Artifact, tuple[int, ...]]:
     """Wrap an exported file as an Artifact and find its per-sample input shape."""
     if not path.is_file():
-        raise EdgeCompressError("artifact file not found", where=str(path), fix="pass an exported .onnx or .pt2 file")
+        raise EdgeCompressError("artifact file not found", where=str(path), fix="pass an exported .onnx, .pte or .pt2 file")
     if path.suffix == ".onnx":
         import onnx
 
@@ -70,9 +70,14 @@ def artifact_from_file(path: Path, input_shape: tuple[int, ...] | None) -> tuple
     elif path.suffix == ".pt2":
         art = Artifact(path, "pytorch", "torch")
         shape = input_shape
+    elif path.suffix == ".pte":
+        from edgecompress.export.executorch import pte_info
+
+        art, shape = pte_info(path)
+        shape = input_shape or shape
     else:
         raise EdgeCompressError(f"unknown artifact type {path.suffix!r}", where=str(path),
-                                fix="bench takes .onnx (ONNX Runtime) or .pt2 (torch.export) files")
+                                fix="bench takes .onnx (ONNX Runtime), .pte (ExecuTorch) or .pt2 (torch.export) files")
     if not shape or not all(shape):
         raise EdgeCompressError("cannot tell the input shape from the file", where=str(path),
                                 fix="pass --input-shape, e.g. --input-shape 1,28,28")

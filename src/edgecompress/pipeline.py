@@ -24,6 +24,7 @@ from edgecompress.data.task import Task
 from edgecompress.export import Artifact, export
 from edgecompress.measure import layer_table, measure
 from edgecompress.recipe import Recipe
+from edgecompress.settings import ExportSettings
 from edgecompress.ui import console
 
 log = logging.getLogger("edgecompress")
@@ -67,6 +68,7 @@ class Pipeline:
         self.resume, self.force, self.trust_pickle = resume, force, trust_pickle
         self.progress, self.make_report = progress, report
         self.task = task
+        self.export, self.runtime_choice = recipe.export, None  # resolved when export.format is "fastest"
 
     # -- model building -------------------------------------------------------------------------------
     def _build(self, arch: dict | None) -> nn.Module:
@@ -86,8 +88,8 @@ class Pipeline:
         sdir = rundir.stage_dir(self.out, index, name)
         example = self.task.example_inputs(1)
         if artifact is None:
-            artifact = export(model, example, sdir, self.recipe.export)
-        metrics = measure(model, artifact, self.task, self.recipe.export)
+            artifact = export(model, example, sdir, self.export)
+        metrics = measure(model, artifact, self.task, self.export)
         metrics["stage_seconds"] = round(seconds, 3)
         save_model(model, sdir)
         return {
@@ -102,7 +104,7 @@ class Pipeline:
         stage = registry.get(entry.method)
         sdir = rundir.stage_dir(self.out, index, entry.name)
         ctx = StageContext(task=self.task, teacher=teacher, seed=self.recipe.seed + index, workdir=sdir,
-                           export=self.recipe.export, progress=self.progress)
+                           export=self.export, progress=self.progress)
         seed_everything(ctx.seed)
         console.print(f"[bold cyan]stage {index}[/] {entry.name}")
         start = time.perf_counter()
@@ -149,7 +151,18 @@ class Pipeline:
         model_name = (r.model.zoo or r.model.callable or "file") if r.model else type(self.user_model).__name__
         return {"recipe": r.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": r.seed,
                 "model": model_name, "dataset": self.task.name,
-                "export": r.export.model_dump(), "targets": r.targets.model_dump(), "history": history, **extra}
+                "export": self.export.model_dump(), "targets": r.targets.model_dump(), "history": history,
+                **({"runtime_choice": self.runtime_choice} if self.runtime_choice else {}), **extra}
+
+    def _resolve_fastest(self, model: nn.Module) -> None:
+        """``export.format: fastest``: export the baseline for both runtimes, keep the faster for the whole run."""
+        if self.export.format != "fastest":
+            return
+        from edgecompress.measure.runtimes import resolve_fastest
+
+        console.print("choosing the faster runtime for the baseline (ONNX Runtime vs ExecuTorch)")
+        self.export, self.runtime_choice = resolve_fastest(model, self.task, self.export, self.out / "runtime-choice")
+        log.info("export.format fastest -> %s", self.runtime_choice["format"])
 
     def _run(self) -> RunResult:
         started = time.perf_counter()
@@ -159,14 +172,18 @@ class Pipeline:
         if history:
             console.print(f"resuming after stage {history[-1]['index']} ({history[-1]['name']})")
             teacher, model = self._checkpoint(history[0]), self._checkpoint(history[-1])
+            doc = rundir.read_json(self.out / rundir.METRICS)  # the export settings the run resolved and used
+            self.export, self.runtime_choice = ExportSettings(**doc["export"]), doc.get("runtime_choice")
         else:
             seed_everything(self.recipe.seed)
             start = time.perf_counter()
             model = (copy.deepcopy(self.user_model) if self.user_model is not None else
                      baseline.load(self.recipe, self.task, trust_pickle=self.trust_pickle, progress=self.progress))
             baseline.check_input(model, self.task.input_shape)
+            seconds = time.perf_counter() - start
+            self._resolve_fastest(model)
             console.print("[bold cyan]stage 0[/] baseline")
-            history.append(self._record(0, "baseline", "baseline", model, None, {}, time.perf_counter() - start))
+            history.append(self._record(0, "baseline", "baseline", model, None, {}, seconds))
             self._save(history)
             teacher = model
         teacher = copy.deepcopy(teacher).eval().requires_grad_(False)

@@ -20,10 +20,11 @@ class Artifact:
     (e.g. ONNX external data), so that ``size_bytes`` counts everything that must be deployed."""
 
     path: Path
-    format: str  # "onnx" | "pytorch"
-    runtime: str  # key of RUNTIMES: "onnxruntime" | "torch"
+    format: str  # "onnx" | "pytorch" | "executorch"
+    runtime: str  # key of RUNTIMES: "onnxruntime" | "torch" | "executorch"
     precision: str = "fp32"  # "fp32" | "int8" | ...
     extra_files: list[Path] = field(default_factory=list)
+    details: dict = field(default_factory=dict)  # what the exporter reports (e.g. ExecuTorch delegation counts)
 
     @property
     def files(self) -> list[Path]:
@@ -45,8 +46,10 @@ class Artifact:
             "runtime": self.runtime,
             "precision": self.precision,
             "extra_files": [str(p) for p in self.extra_files],
+            "details": self.details,
         }
 
     @classmethod
     def from_json(cls, d: dict) -> Artifact:
-        return cls(Path(d["path"]), d["format"], d["runtime"], d["precision"], [Path(p) for p in d["extra_files"]])
+        return cls(Path(d["path"]), d["format"], d["runtime"], d["precision"], [Path(p) for p in d["extra_files"]],
+                   d.get("details", {}))

@@ -15,15 +15,13 @@ import torch
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
+from edgecompress.export.executorch import export_executorch
 from edgecompress.export.onnx import export_onnx
-from edgecompress.settings import ExportSettings
+from edgecompress.settings import FORMAT_RUNTIME, ExportSettings
 
 # format -> exporter(model, example_inputs, out_dir, settings, name) -> Artifact
 Exporter = Callable[[torch.nn.Module, torch.Tensor, Path, ExportSettings, str], Artifact]
 EXPORTERS: dict[str, Exporter] = {}
-
-# format -> the runtime that runs it
-FORMAT_RUNTIME = {"onnx": "onnxruntime", "pytorch": "torch"}
 
 
 def _export_onnx(model: torch.nn.Module, example_inputs: torch.Tensor, out_dir: Path,
@@ -56,6 +54,7 @@ def _export_pytorch(model: torch.nn.Module, example_inputs: torch.Tensor, out_di
 
 EXPORTERS["onnx"] = _export_onnx
 EXPORTERS["pytorch"] = _export_pytorch
+EXPORTERS["executorch"] = export_executorch
 
 
 def export(model: torch.nn.Module, example_inputs: torch.Tensor, out_dir: Path, settings: ExportSettings,

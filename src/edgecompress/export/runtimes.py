@@ -81,3 +81,5 @@ def torch_runner(artifact: Artifact, threads: int) -> Runner:
 
 RUNTIMES["onnxruntime"] = onnxruntime_runner
 RUNTIMES["torch"] = torch_runner
+
+from edgecompress.export import executorch  # noqa: F401  (registers the "executorch" runtime)

@@ -46,4 +46,5 @@ def measure(model: nn.Module, artifact: Artifact, task: Task, settings: ExportSe
                                     measured_mj=measured_mj))
     result.update(precision=artifact.precision, runtime=artifact.runtime, format=artifact.format,
                   threads=settings.threads, batch=settings.batch)
+    result.update(artifact.details)  # e.g. how much of an ExecuTorch program XNNPACK runs
     return result

@@ -104,8 +104,30 @@ def _torch_loader(path: str, threads: int) -> Callable[[], Runner]:
     return load
 
 
+def _executorch_loader(path: str, threads: int) -> Callable[[], Runner]:
+    """Same as ``edgecompress.export.executorch.executorch_runner``: the ``forward`` method of a ``.pte`` program,
+    XNNPACK thread pool at ``threads``, inputs above the program's batch in chunks (its Python runtime needs torch)."""
+    import torch
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    def load() -> Runner:
+        portable_lib._unsafe_reset_threadpool(threads)
+        program = Runtime.get().load_program(path)
+        method = program.load_method("forward")
+        limit = method.metadata.input_tensor_meta(0).sizes()[0]
+
+        def run(x: np.ndarray) -> list:
+            _ = program  # the method needs its program alive
+            return [method.execute((chunk,)) for chunk in torch.from_numpy(x).split(limit)]
+
+        return run
+
+    return load
+
+
 # runtime -> import the runtime now, return a function that loads the model later
-LOADERS = {"onnxruntime": _onnxruntime_loader, "torch": _torch_loader}
+LOADERS = {"onnxruntime": _onnxruntime_loader, "torch": _torch_loader, "executorch": _executorch_loader}
 
 
 def run(cfg: dict) -> dict:

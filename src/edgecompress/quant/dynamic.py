@@ -3,6 +3,8 @@ the fly from each input's own range, so no calibration data is needed.
 
 * **onnxruntime** (format ``onnx``): ``quantize_dynamic`` rewrites Conv into ConvInteger and MatMul/Gemm into
   MatMulInteger behind DynamicQuantizeLinear; other ops stay float.
+* **executorch** (format ``executorch``): ExecuTorch's XNNPACK quantizer in its dynamic recipe (``nn.Linear``
+  only), lowered to XNNPACK -> ``model_int8.pte`` (``quant/xnnpack.py``).
 * **torchao** (format ``pytorch``): ``quantize_(model, Int8DynamicActivationInt8WeightConfig())`` swaps the
   weights of ``nn.Linear`` layers only (convolutions stay float), then ``torch.export`` writes a ``.pt2``.
 
@@ -33,6 +35,7 @@ from edgecompress.quant.ptq import (
     resolve_backend,
     save_program,
 )
+from edgecompress.quant.xnnpack import quantize_to_pte
 from edgecompress.registry import StageConfig, register
 
 
@@ -45,8 +48,9 @@ class DynamicConfig(StageConfig):
         description="module names (as in model.named_modules(), with everything inside) or ONNX node names "
                     "kept in float",
     )
-    backend: Literal["auto", "onnxruntime", "torchao"] = Field(
-        "auto", description="auto: follow export.format (onnx -> onnxruntime, pytorch -> torchao)",
+    backend: Literal["auto", "onnxruntime", "torchao", "executorch"] = Field(
+        "auto", description="auto: follow export.format (onnx -> onnxruntime, pytorch -> torchao, "
+                            "executorch -> executorch: XNNPACK dynamic quantizer, linear layers only)",
     )
 
 
@@ -61,6 +65,9 @@ def dynamic(model: nn.Module, config: DynamicConfig, ctx: StageContext) -> Stage
     backend = resolve_backend(config.backend, ctx)
     if backend == "onnxruntime":
         artifact, report = _dynamic_onnx(model, config, ctx, example)
+    elif backend == "executorch":
+        artifact, report = quantize_to_pte(model, ctx, None, per_channel=config.per_channel, exclude=config.exclude,
+                                           stage="quant.dynamic")
     else:
         artifact, report = _dynamic_torchao(model, config, ctx, example)
     ctx.info.update(backend=backend, **report)

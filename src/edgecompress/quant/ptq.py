@@ -1,6 +1,6 @@
 """``quant.ptq``: static INT8 post-training quantization, realised in the deployable artifact.
 
-Two backends, chosen by ``backend`` (``auto`` follows ``export.format``):
+Three backends, chosen by ``backend`` (``auto`` follows ``export.format``):
 
 * **onnxruntime** (format ``onnx``): FP32 ONNX export, ``quant_pre_process`` (shape inference + graph
   optimisation), then ``quantize_static`` in QDQ format with a calibration data reader. The artifact is
@@ -8,8 +8,10 @@ Two backends, chosen by ``backend`` (``auto`` follows ``export.format``):
 * **torchao** (format ``pytorch``): PT2E — ``torch.export`` -> ``prepare_pt2e`` with the X86 Inductor
   quantizer -> calibration -> ``convert_pt2e`` -> ``model_int8.pt2``, run by PyTorch. Loading that archive
   needs ``import torchao`` first (it registers the ``quantized_decomposed`` ops).
+* **executorch** (format ``executorch``): PT2E with ExecuTorch's XNNPACK quantizer, lowered to XNNPACK ->
+  ``model_int8.pte`` (``quant/xnnpack.py``).
 
-Both record in ``ctx.info`` how many samples calibrated the model and which nodes stayed in float. The
+All record in ``ctx.info`` how many samples calibrated the model and which nodes stayed in float. The
 helpers at the bottom are shared with ``quant.dynamic``. ``equalize`` / ``bias_correction`` run the DFQ pre-pass
 of ``quant.equalize`` (BN folding, cross-layer equalization, bias correction) on a copy before export.
 """
@@ -33,6 +35,7 @@ from edgecompress.context import StageContext, StageOutput
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
 from edgecompress.hooks import forward_with_hooks
+from edgecompress.quant.xnnpack import quantize_to_pte
 from edgecompress.registry import StageConfig, register
 
 if TYPE_CHECKING:
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
 MIN_CALIB_SAMPLES = 8  # fewer samples give activation ranges too noisy to trust
 CALIB_BATCH = 32
 WEIGHTED_ONNX_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-Backend = Literal["auto", "onnxruntime", "torchao"]
+Backend = Literal["auto", "onnxruntime", "torchao", "executorch"]
 
 
 class PTQConfig(StageConfig):
@@ -67,7 +70,8 @@ class PTQConfig(StageConfig):
                     "kept in float",
     )
     backend: Backend = Field(
-        "auto", description="auto: follow export.format (onnx -> onnxruntime, pytorch -> torchao)",
+        "auto", description="auto: follow export.format (onnx -> onnxruntime, pytorch -> torchao, "
+                            "executorch -> executorch: XNNPACK quantizer, .pte)",
     )
     equalize: bool = Field(
         False, description="cross-layer equalization (DFQ, Nagel et al. 2019) of conv/linear pairs before export; "
@@ -91,6 +95,10 @@ def ptq(model: nn.Module, config: PTQConfig, ctx: StageContext) -> StageOutput:
     quantized = _dfq_prepass(model, config, calib, backend, ctx) if config.equalize or config.bias_correction else model
     if backend == "onnxruntime":
         artifact, report = _ptq_onnx(quantized, config, ctx, calib)
+    elif backend == "executorch":
+        artifact, report = quantize_to_pte(quantized, ctx, calib, per_channel=config.per_channel,
+                                           exclude=config.exclude, calibration=config.calibration,
+                                           symmetric_activations=config.symmetric_activations)
     else:
         artifact, report = _ptq_torchao(quantized, config, ctx, calib)
     ctx.info.update(backend=backend, calibration=config.calibration, calibration_samples=len(calib), **report)
@@ -292,11 +300,11 @@ def check_no_shared_modules(model: nn.Module, example: torch.Tensor) -> None:
 _DYNAMIC_BATCH = ({0: torch.export.Dim("batch", min=1)},)
 
 
-def resolve_backend(backend: str, ctx: StageContext) -> Literal["onnxruntime", "torchao"]:
+def resolve_backend(backend: str, ctx: StageContext) -> Literal["onnxruntime", "torchao", "executorch"]:
     """``auto`` -> the backend that writes ``ctx.export.format``."""
     if backend != "auto":
         return backend  # type: ignore[return-value]
-    return "onnxruntime" if ctx.export.format == "onnx" else "torchao"
+    return {"onnx": "onnxruntime", "executorch": "executorch"}.get(ctx.export.format, "torchao")  # type: ignore
 
 
 def calibration_inputs(ctx: StageContext, n: int, stage: str) -> torch.Tensor:

@@ -132,6 +132,7 @@ def render_report(metrics: dict) -> str:
         plots=make_plots(metrics),
         stages=history(metrics),
         energy_sources=_energy_sources(metrics),
+        runtime_choice=metrics.get("runtime_choice") if isinstance(metrics.get("runtime_choice"), dict) else None,
     )
 
 

@@ -1,0 +1,129 @@
+"""ExecuTorch export (``.pte``, XNNPACK delegate) and the ExecuTorch runtime.
+
+Export: ``torch.export`` with a dynamic batch dimension -> ``to_edge_transform_and_lower`` with the
+``XnnpackPartitioner`` -> ``to_executorch`` -> the program buffer written atomically. The same lowering serves the
+FP32 export and the INT8 program that ``quant.ptq`` builds (``lower_to_pte`` takes any exported program).
+
+Dynamic batch: XNNPACK runs any batch, but ExecuTorch plans activation memory for an upper bound, so the
+program holds a maximum batch (``max_batch``: the settings' batch, at least ``MIN_MAX_BATCH``) and the runner
+splits larger inputs into chunks of it. The model is traced *at* that maximum: traced at a small batch,
+torch's fake convolution guards ``batch < 16`` inside the XNNPACK channels-last pass and the planned upper
+bound silently drops to 15 (any larger input then fails). Measured on mnist_cnn: dynamic and static programs
+run batch 1 and batch 32 at the same latency, so nothing is lost by keeping the batch dynamic.
+
+Runtime: ``executorch.runtime.Runtime.get().load_program(path).load_method("forward")``. Threads: the only
+control the Python runtime exposes is the process-wide ``_unsafe_reset_threadpool``, and it segfaults the next
+``execute`` in a process that has lowered a program (measured: reset to 1 thread after an export). So the
+thread count is honoured where latency is timed, in the fresh benchmark process (``measure/_bench_worker.py``);
+the in-process runner (used for accuracy) leaves the pool at ExecuTorch's default (one thread per core).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.export.artifact import RUNTIMES, Artifact, Runner
+
+if TYPE_CHECKING:
+    from edgecompress.settings import ExportSettings
+
+MIN_MAX_BATCH = 32
+_NOT_KERNELS = {"getitem", "sym_size"}  # graph bookkeeping, not ops a kernel runs
+
+
+def max_batch(settings: ExportSettings) -> int:
+    """The largest batch the program accepts in one call (the runner chunks anything larger)."""
+    return max(settings.batch, MIN_MAX_BATCH)
+
+
+def trace(module: torch.nn.Module, example: torch.Tensor, batch: int) -> torch.export.ExportedProgram:
+    """``torch.export`` with batch dimension 1..``batch``, traced at ``batch`` (see the module docstring)."""
+    # contiguous strides: a channels-last-looking example (C=1 slices can have them) would make the program NHWC
+    x = example[:1].expand(batch, *example.shape[1:]).clone(memory_format=torch.contiguous_format)
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=batch)},)
+    with torch.no_grad():
+        return torch.export.export(module, (x,), dynamic_shapes=dynamic)
+
+
+def lower_to_pte(program: torch.export.ExportedProgram, path: Path, precision: str) -> Artifact:
+    """Lower an exported program to XNNPACK, write ``path`` atomically, and return the artifact.
+
+    ``artifact.details`` says how many graph nodes XNNPACK runs and which ops were left to ExecuTorch's
+    portable kernels.
+    """
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.devtools.backend_debug import get_delegation_info
+    from executorch.exir import to_edge_transform_and_lower
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        info = get_delegation_info(edge.exported_program().graph_module)
+        buffer = edge.to_executorch().buffer
+    portable = Counter({op.removeprefix("aten_").removesuffix("_default"): row.non_delegated
+                        for op, row in info.delegation_by_operator.items()
+                        if row.non_delegated and op not in _NOT_KERNELS})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buffer)
+    tmp.replace(path)
+    details = {"xnnpack_subgraphs": info.num_delegated_subgraphs, "xnnpack_nodes": info.num_delegated_nodes,
+               "portable_ops": dict(portable)}
+    return Artifact(path, "executorch", "executorch", precision, details=details)
+
+
+def export_executorch(model: torch.nn.Module, example_inputs: torch.Tensor, out_dir: Path,
+                      settings: ExportSettings, name: str) -> Artifact:
+    """FP32 ``name.pte``: XNNPACK-delegated ExecuTorch program with a dynamic batch up to ``max_batch``."""
+    program = trace(copy.deepcopy(model).eval(), example_inputs, max_batch(settings))
+    return lower_to_pte(program, Path(out_dir) / f"{name}.pte", "fp32")
+
+
+def _load(path: Path):
+    """(program, forward method) of a ``.pte`` file; the method is only valid while the program lives."""
+    from executorch.runtime import Runtime
+
+    if not Path(path).is_file():
+        raise EdgeCompressError("executorch artifact file not found", where=str(path),
+                                fix="export the model again (export.format: executorch)")
+    try:
+        program = Runtime.get().load_program(Path(path))
+        return program, program.load_method("forward")
+    except Exception as err:  # the pybindings raise RuntimeError / ValueError with ExecuTorch error codes
+        raise EdgeCompressError(
+            f"cannot load the ExecuTorch program: {type(err).__name__}: {err}", where=str(path),
+            fix="the file is corrupt or not a .pte program: export the model again",
+        ) from err
+
+
+def pte_info(path: Path) -> tuple[Artifact, tuple[int, ...]]:
+    """A ``.pte`` file as an FP32-labelled artifact, and its per-sample input shape (from the method's metadata)."""
+    _, method = _load(path)
+    return Artifact(Path(path), "executorch", "executorch"), tuple(method.metadata.input_tensor_meta(0).sizes()[1:])
+
+
+def executorch_runner(artifact: Artifact, threads: int) -> Runner:
+    """ExecuTorch's Python runtime on the ``forward`` method; inputs above the program's batch run in chunks.
+
+    ``threads`` is not applied here (see the module docstring): the benchmark worker applies it.
+    """
+    program, method = _load(artifact.path)
+    limit = method.metadata.input_tensor_meta(0).sizes()[0]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        _ = program  # the method needs its program alive
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return np.concatenate([method.execute((chunk.contiguous(),))[0].numpy() for chunk in x.split(limit)])
+
+    return run
+
+
+RUNTIMES["executorch"] = executorch_runner

@@ -1,0 +1,79 @@
+"""One model in two deployment runtimes side by side: ONNX Runtime (``.onnx``) and ExecuTorch/XNNPACK (``.pte``).
+
+``compare_runtimes`` exports the model (and, on request, its static INT8 version from ``quant.ptq``) in each
+runtime's format and measures every artifact the same way: accuracy in its runtime, bytes on disk, latency
+p50/p95 and throughput in a fresh benchmark process with the same threads and batch. ``resolve_fastest`` is
+how the pipeline turns ``export.format: fastest`` into a format: the baseline's p50 latency decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from edgecompress.data.task import Task
+from edgecompress.export.artifact import Artifact
+from edgecompress.measure.latency import benchmark
+from edgecompress.settings import FORMAT_RUNTIME, ExportSettings
+
+RUNTIMES = ("onnxruntime", "executorch")  # the two runtimes a recipe can choose between
+_RUNTIME_FORMAT = {runtime: fmt for fmt, runtime in FORMAT_RUNTIME.items()}
+
+
+def runtime_settings(settings: ExportSettings, runtime: str) -> ExportSettings:
+    """``settings`` with the format and runtime of ``runtime`` (threads, batch, repeats kept)."""
+    return settings.model_copy(update={"format": _RUNTIME_FORMAT[runtime], "runtime": runtime})
+
+
+def runtime_artifacts(model: nn.Module, task: Task, settings: ExportSettings, out_dir: Path, runtime: str,
+                      int8: bool) -> list[Artifact]:
+    """The FP32 artifact of ``model`` for ``runtime`` and, with ``int8``, the default ``quant.ptq`` artifact."""
+    from edgecompress import registry
+    from edgecompress.context import StageContext
+    from edgecompress.export import export
+
+    rt_settings, work = runtime_settings(settings, runtime), Path(out_dir) / runtime
+    artifacts = [export(model, task.example_inputs(1), work, rt_settings)]
+    if int8:
+        stage = registry.get("quant.ptq")
+        ctx = StageContext(task=task, workdir=work, export=rt_settings, progress=False)
+        artifacts.append(stage(model, stage.config(), ctx).artifact)
+    return artifacts
+
+
+def measure_artifact(artifact: Artifact, task: Task, settings: ExportSettings, *, accuracy: bool = True,
+                     throughput_batch: int | None = None) -> dict[str, Any]:
+    """Accuracy (if asked and labelled), bytes, latency p50/p95 at ``settings.batch`` and throughput at
+    ``throughput_batch`` (default: the same batch) of one artifact."""
+    row: dict[str, Any] = {"runtime": artifact.runtime, "format": artifact.format, "precision": artifact.precision}
+    if accuracy and task.has_labels:
+        row["accuracy"] = task.evaluate(artifact.runner(settings.threads))["accuracy"]
+    timing = {"threads": settings.threads, "warmup": settings.warmup, "repeats": settings.repeats}
+    latency = benchmark(artifact, task.input_shape, batch=settings.batch, **timing)
+    row.update(size_bytes=artifact.size_bytes, latency_p50_ms=latency["latency_p50_ms"],
+               latency_p95_ms=latency["latency_p95_ms"], throughput_sps=latency["throughput_sps"])
+    if throughput_batch and throughput_batch != settings.batch:
+        row["throughput_sps"] = benchmark(artifact, task.input_shape, batch=throughput_batch, **timing)["throughput_sps"]
+    return {**row, "throughput_batch": throughput_batch or settings.batch, **artifact.details}
+
+
+def compare_runtimes(model: nn.Module, task: Task, settings: ExportSettings, out_dir: Path, *,
+                     runtimes: Sequence[str] = RUNTIMES, int8: bool = False, accuracy: bool = True,
+                     throughput_batch: int | None = None) -> list[dict[str, Any]]:
+    """One row per (runtime, precision): ``measure_artifact`` of each artifact, with the same settings."""
+    return [measure_artifact(a, task, settings, accuracy=accuracy, throughput_batch=throughput_batch)
+            for runtime in runtimes for a in runtime_artifacts(model, task, settings, out_dir, runtime, int8)]
+
+
+def resolve_fastest(model: nn.Module, task: Task, settings: ExportSettings,
+                    out_dir: Path) -> tuple[ExportSettings, dict[str, Any]]:
+    """``export.format: fastest`` -> the format whose runtime runs ``model`` with the lower p50 latency (FP32,
+    the recipe's threads and batch). Returns the resolved settings and the record of both measurements."""
+    rows = compare_runtimes(model, task, settings, out_dir, accuracy=False)
+    best = min(rows, key=lambda row: row["latency_p50_ms"])
+    choice = {"chosen": best["runtime"], "format": best["format"],
+              "by": f"baseline p50 latency, batch {settings.batch}, {settings.threads} thread(s)", "candidates": rows}
+    return runtime_settings(settings, best["runtime"]), choice
