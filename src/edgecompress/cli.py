@@ -130,17 +130,22 @@ def _prunable_cell(ok: bool, why: str) -> str:
 
 @app.command()
 def bench(
-    artifact: Path = typer.Argument(..., help="exported model: .onnx (ONNX Runtime) or .pt2 (torch)"),
+    artifact: Path = typer.Argument(..., help="exported model: .onnx (ONNX Runtime), .pte (ExecuTorch) or .pt2 "
+                                               "(torch); or a run directory: its final model in both runtimes"),
     threads: int = typer.Option(1, "--threads", min=1, help="runtime threads"),
     batch: int = typer.Option(1, "--batch", min=1, help="batch size"),
     repeats: int = typer.Option(100, "--repeats", min=1, help="timed runs"),
     warmup: int = typer.Option(10, "--warmup", min=0, help="untimed runs first"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="per-sample shape if not in the file"),
 ) -> None:
-    """Latency p50/p95, throughput and peak memory of an exported model in its runtime."""
+    """Latency p50/p95, throughput and peak memory of an exported model in its runtime; for a run directory, its
+    final model in ONNX Runtime and ExecuTorch side by side (accuracy, size, latency, throughput)."""
     from edgecompress.inspection import artifact_from_file
     from edgecompress.measure import benchmark
 
+    if artifact.is_dir():
+        _bench_runtimes(artifact, threads, batch, repeats, warmup)
+        return
     try:
         art, shape = artifact_from_file(artifact, _parse_shape(input_shape) if input_shape else None)
         res = benchmark(art, shape, threads=threads, batch=batch, warmup=warmup, repeats=repeats)
@@ -152,6 +157,27 @@ def bench(
     table.add_row("size on disk", f"{art.size_bytes / 1024:,.1f} KiB")
     for key, value in res.items():
         table.add_row(key, f"{value:,.3f}" if isinstance(value, float) else str(value))
+    out_console.print(table)
+
+
+def _bench_runtimes(run_dir: Path, threads: int, batch: int, repeats: int, warmup: int) -> None:
+    """``bench RUN_DIR``: one table row per runtime and precision, all measured with the same settings."""
+    from edgecompress.measure.runtimes import compare_run
+    from edgecompress.settings import ExportSettings
+
+    try:
+        rows = compare_run(run_dir, ExportSettings(threads=threads, batch=batch, repeats=repeats, warmup=warmup))
+    except EdgeCompressError as err:
+        _fail(err)
+    table = Table(title=f"final model of {run_dir} ({threads} threads, batch {batch})")
+    for col in ("runtime", "precision", "accuracy %", "size KiB", "p50 ms", "p95 ms", "samples/s", "XNNPACK nodes",
+                "portable ops"):
+        table.add_column(col, justify="left" if col in ("runtime", "precision", "portable ops") else "right")
+    for r in rows:
+        table.add_row(r["runtime"], r["precision"], f"{100 * r['accuracy']:.2f}" if "accuracy" in r else "-",
+                      f"{r['size_bytes'] / 1024:,.1f}", f"{r['latency_p50_ms']:.3f}", f"{r['latency_p95_ms']:.3f}",
+                      f"{r['throughput_sps']:,.0f}", str(r.get("xnnpack_nodes", "-")),
+                      ", ".join(f"{op} x{n}" for op, n in r.get("portable_ops", {}).items()) or "-")
     out_console.print(table)
 
 

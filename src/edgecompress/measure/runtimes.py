@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from edgecompress.data.task import Task
+from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
 from edgecompress.measure.latency import benchmark
 from edgecompress.settings import FORMAT_RUNTIME, ExportSettings
@@ -77,3 +78,21 @@ def resolve_fastest(model: nn.Module, task: Task, settings: ExportSettings,
     choice = {"chosen": best["runtime"], "format": best["format"],
               "by": f"baseline p50 latency, batch {settings.batch}, {settings.threads} thread(s)", "candidates": rows}
     return runtime_settings(settings, best["runtime"]), choice
+
+
+def compare_run(run_dir: Path, settings: ExportSettings) -> list[dict[str, Any]]:
+    """``compare_runtimes`` on the final model of an ``edgecompress run`` directory, on the run's data; INT8 rows
+    too when the run's final artifact is INT8. Files go to ``run_dir/runtime-compare``."""
+    from edgecompress import baseline, rundir
+    from edgecompress.checkpoint import load_model
+    from edgecompress.data.datasets import load_task
+    from edgecompress.recipe import load_recipe
+
+    run_dir = Path(run_dir)
+    if not (run_dir / rundir.METRICS).is_file() or not (run_dir / "artifacts").is_dir():
+        raise EdgeCompressError("not a finished edgecompress run (metrics.json or artifacts/ missing)",
+                                where=str(run_dir), fix="pass the directory of a finished `edgecompress run`")
+    model = load_model(run_dir / "artifacts", baseline.build_from_arch).eval()
+    task = load_task(load_recipe(run_dir / rundir.RECIPE).data)
+    final = rundir.read_json(run_dir / rundir.METRICS)["history"][-1]["artifact"]
+    return compare_runtimes(model, task, settings, run_dir / "runtime-compare", int8=final["precision"] == "int8")
