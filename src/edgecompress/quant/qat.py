@@ -16,10 +16,11 @@ is needed; torch's FX QAT is not used.
   the observer, a harmless mismatch at 8 bits but a different grid at 2-3 bits.
 * Activations: uint8 per tensor only; lower activation bit widths are ``quant.act``/``quant.dqa``'s business.
 * BatchNorm: by default folded before QAT ("static folding", discussed beside batch-statistics folding by
-  Nagel et al. 2021, arXiv:2106.08295 §4.2), so BN is frozen from the start. ``freeze_bn_after: n`` keeps BN training on
-  batch statistics inside PT2E's simulated conv-BN folding for n epochs instead (Jacob et al. 2018): its
-  pattern rewriting exports ~150 small patterns (~30 s CPU on mnist_cnn, against ~2 s for the whole stage
-  folded), and on digits at 2 bits it was less accurate. Frozen BN also turns dropout off (one graph switch).
+  Nagel et al. 2021, arXiv:2106.08295 §4.2), so BN is frozen from the start; the folded network has lost BN's
+  scale invariance, hence the small default ``lr``. ``freeze_bn_after: n`` keeps BN training on batch
+  statistics inside PT2E's simulated conv-BN folding for n epochs instead (Jacob et al. 2018): its pattern
+  rewriting exports ~150 small patterns (~30 s CPU); on MNIST-5k at 3 bits it reached the same accuracy at 4x
+  the stage CPU time (benchmarks/results/qat.md). Frozen BN also turns dropout off (one graph switch).
 * Export: the TorchScript exporter with three small symbolics mapping torchao's ``quantized_decomposed``
   ops to QuantizeLinear/DequantizeLinear (hand-written because that exporter has none). The int8 weight
   constants become int8 initializers, so the file is ~4x smaller with no weight surgery. The dynamo exporter
@@ -69,7 +70,9 @@ class QATConfig(StageConfig):
 
     epochs: int = Field(3, ge=0, le=10000, description="QAT passes over the training split (0: calibrated "
                                                         "fake-quant model only, i.e. PTQ on the same grid)")
-    lr: float = Field(0.01, gt=0.0, le=10.0, description="initial learning rate (cosine-annealed to zero)")
+    lr: float = Field(0.001, gt=0.0, le=10.0, description="initial learning rate (cosine-annealed to zero); "
+                      "small: with BN folded the network loses BN's scale invariance (0.003 diverged on MNIST-5k); "
+                      "lower still with distill (its soft term is T^2-scaled)")
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (Nesterov momentum 0.9) or adam (AdamW)")
     batch_size: int = Field(64, ge=1, le=65536, description="training batch size")
     weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="L2 weight decay (decoupled for adam)")
