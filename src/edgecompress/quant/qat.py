@@ -157,7 +157,7 @@ def train_qat(model: nn.Module, config: QATConfig, ctx: StageContext) -> tuple[Q
     def freeze(epoch: int) -> None:
         if epoch > config.freeze_observers_after:
             qmodel.graph.apply(disable_observer)
-        qmodel.bn_frozen = epoch > config.freeze_bn_after
+        qmodel.bn_frozen = 0 < config.freeze_bn_after < epoch  # 0: BN folded away, dropout keeps training
 
     distill = config.distill or DistillConfig()
     history = train(
