@@ -13,6 +13,7 @@ from torch import nn
 
 from edgecompress import zoo
 from edgecompress.context import StageContext
+from edgecompress.errors import EdgeCompressError
 from edgecompress.prune.analysis import build_graph
 from edgecompress.prune.shifter import fold_batchnorms
 from edgecompress.quant.equalize import (
@@ -165,6 +166,13 @@ def test_bias_correction_reduces_mean_output_error(digits_cnn, digits_task, tmp_
     assert info["dfq"]["bias_corrected_layers"] == 5
 
 
+def test_bias_correction_refuses_a_backend_it_cannot_simulate(digits_cnn, digits_task):
+    config = get("quant.ptq").config(backend="executorch", bias_correction=True)
+    with pytest.raises(EdgeCompressError, match="bias_correction simulates") as err:
+        get("quant.ptq")(digits_cnn, config, StageContext(task=digits_task))
+    assert "backend: onnxruntime or torchao" in str(err.value)
+
+
 def test_cle_range_utilisation_and_untraceable_model_error(digits_task):
     conv = nn.Conv2d(1, 2, 1)
     with torch.no_grad():
@@ -175,8 +183,6 @@ def test_cle_range_utilisation_and_untraceable_model_error(digits_task):
     class Branchy(nn.Module):
         def forward(self, x):
             return x if x.sum() > 0 else -x  # data-dependent control flow: torch.fx cannot trace it
-
-    from edgecompress.errors import EdgeCompressError
 
     with pytest.raises(EdgeCompressError, match="torch.fx trace") as err:
         find_pairs(Branchy(), torch.ones(1, 1, 8, 8))

@@ -79,7 +79,7 @@ class PTQConfig(StageConfig):
     )
     bias_correction: bool = Field(
         False, description="empirical bias correction (DFQ): subtract the mean output error that weight "
-                           "quantization causes, measured on the calibration inputs",
+                           "quantization causes, measured on the calibration inputs (onnxruntime and torchao backends)",
     )
 
 
@@ -109,6 +109,12 @@ def _dfq_prepass(model: nn.Module, config: PTQConfig, calib: torch.Tensor, backe
     """BN folding, CLE and/or bias correction (``quant.equalize``) on a copy of the float model; report in ctx.info."""
     from edgecompress.quant import equalize as dfq
 
+    if config.bias_correction and backend not in ("onnxruntime", "torchao"):
+        raise EdgeCompressError(
+            f"bias_correction simulates the onnxruntime and torchao weight quantizers, not the {backend} one",
+            where="quant.ptq.bias_correction",
+            fix="use backend: onnxruntime or torchao, or bias_correction: false (equalize works with every backend)",
+        )
     quantize = None
     if config.bias_correction:
         quantize = (dfq.onnxruntime_weight_quantizer(config.per_channel, _reduce_range(config))

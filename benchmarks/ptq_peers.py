@@ -1,0 +1,260 @@
+"""Static INT8 PTQ, ours vs peers, on the same trained model and the same 256 calibration images.
+
+Per model: ours (``quant.ptq`` defaults through ``ec.apply``: ONNX Runtime QDQ, and the torchao backend),
+onnxruntime ``quantize_static`` defaults after ``quant_pre_process``, torchao PT2E with the
+``X86InductorQuantizer`` defaults, NNCF (``nncf.quantize`` on a ``torch.export`` graph) and neural-compressor
+(``neural-compressor-pt`` 3.x PT2E static quantization, default config). Each artifact is measured in its own
+runtime: test accuracy, bytes on disk (all files), p50 latency at batch 1, 1 thread (our ``measure.benchmark``,
+a fresh process per artifact). A DFQ ablation of ``quant.ptq`` (per tensor, + cross-layer equalization,
++ bias correction, per channel) runs on the same models. Peers that are not installed are skipped and listed
+(``pip install -e ".[peers]"``).
+
+    python benchmarks/ptq_peers.py            # the committed run (mnist_cnn on MNIST-5k, mobilenet_v2 x0.5 on digits)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import edgecompress as ec
+from edgecompress import baseline
+from edgecompress.data import load_task
+from edgecompress.data.task import Task
+from edgecompress.export.artifact import Artifact
+from edgecompress.export.onnx import export_onnx
+from edgecompress.measure.latency import benchmark
+from edgecompress.quant.ptq import cpu_has_vnni, save_program
+from edgecompress.recipe import load_recipe, parse_recipe
+from edgecompress.settings import ExportSettings
+
+RESULTS = Path(__file__).parent / "results"
+CALIB = 256
+MODELS = {
+    "mnist_cnn": lambda: load_recipe("default"),
+    "mobilenet_v2": lambda: parse_recipe({
+        "name": "ptq-peers-mobilenet", "seed": 0, "data": {"dataset": "digits"},
+        "model": {"zoo": "mobilenet_v2", "kwargs": {"width_mult": 0.5, "dropout": 0.0},
+                  "pretrain": {"epochs": 8, "lr": 0.05}},
+        "stages": [{"method": "quant.ptq"}],
+    }),
+}
+PEER_PACKAGES = {"nncf": "nncf", "neural-compressor": "neural_compressor"}
+_BATCH = ({0: torch.export.Dim("batch", min=1)},)
+
+
+def _pt2(module: torch.nn.Module, calib: torch.Tensor, path: Path) -> Artifact:
+    """A peer's converted graph saved the documented way (``torch.export.save``), run by PyTorch."""
+    return save_program(module, calib[:2].clone(), path, "int8")
+
+
+def ours_onnx(model, task, calib, work: Path) -> Artifact:
+    return ec.apply("quant.ptq", model, task, workdir=work, calib_samples=CALIB).artifact
+
+
+def ours_torchao(model, task, calib, work: Path) -> Artifact:
+    export = ExportSettings(format="pytorch", runtime="torch")
+    return ec.apply("quant.ptq", model, task, workdir=work, export=export, calib_samples=CALIB).artifact
+
+
+def ort_defaults(model, task, calib, work: Path) -> Artifact:
+    from onnxruntime.quantization import quant_pre_process, quantize_static
+
+    fp32 = export_onnx(model, calib[:1], work / "fp32.onnx")
+    quant_pre_process(str(fp32.path), str(work / "prep.onnx"))
+    batches = iter([{"input": b.numpy()} for b in calib.split(32)])
+    reader = type("Reader", (), {"get_next": lambda self: next(batches, None)})()
+    quantize_static(str(work / "prep.onnx"), str(work / "int8.onnx"), reader)
+    return Artifact(work / "int8.onnx", "onnx", "onnxruntime", "int8")
+
+
+def torchao_x86(model, task, calib, work: Path) -> Artifact:
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(torch.export.export(model, (calib[:2],), dynamic_shapes=_BATCH).module(), quantizer)
+    for b in calib.split(32):
+        prepared(b)
+    return _pt2(convert_pt2e(prepared), calib, work / "int8.pt2")
+
+
+def nncf_fx(model, task, calib, work: Path) -> Artifact:
+    import nncf
+
+    graph = torch.export.export(model, (calib[:2],), dynamic_shapes=_BATCH).module()
+    quantized = nncf.quantize(graph, nncf.Dataset(list(calib.split(1))), subset_size=len(calib))
+    return _pt2(quantized, calib, work / "int8.pt2")
+
+
+def inc_pt2e(model, task, calib, work: Path) -> Artifact:
+    from neural_compressor.torch.export import export
+    from neural_compressor.torch.quantization import convert, get_default_static_config, prepare
+
+    prepared = prepare(export(model, example_inputs=(calib[:2],), dynamic_shapes=_BATCH),
+                       get_default_static_config())
+    for b in calib.split(32):
+        prepared(b)
+    return _pt2(convert(prepared), calib, work / "int8.pt2")
+
+
+METHODS: dict[str, tuple[str, Callable]] = {
+    "ours (quant.ptq, onnxruntime)": ("ours", ours_onnx),
+    "ours (quant.ptq, torchao backend)": ("ours", ours_torchao),
+    "onnxruntime quantize_static defaults": ("peer", ort_defaults),
+    "torchao PT2E X86InductorQuantizer": ("peer", torchao_x86),
+    "NNCF 3.4 (torch.export)": ("nncf", nncf_fx),
+    "neural-compressor 3.10 (PT2E static)": ("neural-compressor", inc_pt2e),
+}
+ABLATION = {
+    "per tensor": {"per_channel": False},
+    "per tensor + CLE": {"per_channel": False, "equalize": True},
+    "per tensor + CLE + BC": {"per_channel": False, "equalize": True, "bias_correction": True},
+    "per channel (default)": {},
+    "per channel + CLE + BC": {"equalize": True, "bias_correction": True},
+}
+
+
+def timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def measure(artifact: Artifact, task: Task, repeats: int) -> dict:
+    lat = benchmark(artifact, task.input_shape, threads=1, batch=1, repeats=repeats)
+    return {"accuracy": task.evaluate(artifact.runner())["accuracy"], "bytes": artifact.size_bytes,
+            "latency_p50_ms": round(lat["latency_p50_ms"], 4)}
+
+
+def run_model(name: str, args, work: Path) -> dict:
+    recipe = MODELS[name]()
+    task = load_task(recipe.data)
+    (model, train_s, _) = timed(lambda: baseline.load(recipe, task, progress=False))
+    model.eval()
+    calib = task.calibration(CALIB, seed=0).float()
+    fp32 = export_onnx(model, calib[:1], work / name / "fp32.onnx")
+    rows = {"FP32 ONNX (reference)": {**measure(fp32, task, args.repeats), "kind": "fp32"}}
+    fp32_pt2 = save_program(model, calib[:2].clone(), work / name / "fp32.pt2", "fp32")
+    rows["FP32 torch.export (reference)"] = {**measure(fp32_pt2, task, args.repeats), "kind": "fp32"}
+    skipped = {}
+    for label, (kind, fn) in METHODS.items():
+        if kind in PEER_PACKAGES and importlib.util.find_spec(PEER_PACKAGES[kind]) is None:
+            skipped[label] = f"{kind} not installed (pip install -e '.[peers]')"
+            continue
+        folder = work / name / label.split()[0] / str(len(rows))
+        folder.mkdir(parents=True)
+        try:
+            artifact, wall, cpu = timed(lambda: fn(model, task, calib, folder))  # noqa: B023
+        except Exception as err:  # noqa: BLE001  (a peer's failure is a result, not a crash of the benchmark)
+            skipped[label] = f"failed: {type(err).__name__}: {str(err)[:200]}"
+            continue
+        rows[label] = {**measure(artifact, task, args.repeats), "kind": "ours" if kind == "ours" else "peer",
+                       "quantize_s": round(wall, 2), "quantize_cpu_s": round(cpu, 2)}
+        print(name, label, rows[label], flush=True)
+    ablation = {}
+    for label, cfg in ABLATION.items():
+        out = ec.apply("quant.ptq", model, task, workdir=work / name / f"abl{len(ablation)}", calib_samples=CALIB, **cfg)
+        ablation[label] = {"accuracy": task.evaluate(out.artifact.runner())["accuracy"],
+                           "bytes": out.artifact.size_bytes}
+    print(name, "ablation", ablation, flush=True)
+    return {"dataset": recipe.data.dataset, "baseline_s": round(train_s, 1), "rows": rows,
+            "skipped": skipped, "dfq_ablation": ablation}
+
+
+def targets(results: dict) -> list[dict]:
+    """Ours (defaults, and with equalize + bias_correction) against the most accurate peer (smaller on ties)."""
+    out = []
+    for name, r in results.items():
+        peers = {k: v for k, v in r["rows"].items() if v["kind"] == "peer"}
+        best_label = max(peers, key=lambda k: (peers[k]["accuracy"], -peers[k]["bytes"]))
+        best = peers[best_label]
+        for ours_label, ours in (("quant.ptq defaults", r["rows"]["ours (quant.ptq, onnxruntime)"]),
+                                 ("quant.ptq equalize + bias_correction", r["dfq_ablation"]["per channel + CLE + BC"])):
+            acc_margin = 100 * (ours["accuracy"] - best["accuracy"])
+            out.append({"model": name, "ours": ours_label, "best_peer": best_label,
+                        "accuracy_margin_pts": round(acc_margin, 2),
+                        "size_ratio_vs_best_peer": round(ours["bytes"] / best["bytes"], 3),
+                        "met": acc_margin >= -1e-9 and ours["bytes"] <= best["bytes"]})
+    return out
+
+
+def markdown(results: dict, tgts: list[dict], command: str, wall: float, cpu: float) -> str:
+    machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads for quantization, latency 1 thread "
+               f"batch 1; VNNI/AMX: {'yes' if cpu_has_vnni() else 'no (AVX2 only: INT8 kernels are not faster here)'}")
+    lines = ["# Static INT8 PTQ: ours vs peers", "", f"Command: `{command}`", "",
+             (f"Machine: {machine}. Shared 2-core machine; the whole run took {wall:.0f} s wall, {cpu:.0f} s CPU "
+              f"(this process; latency workers run in their own processes)."), "",
+             (f"Same trained model and the same {CALIB} training images for every method; accuracy of each artifact "
+              "in its own runtime on the held-out test split; size = every file of the artifact."), ""]
+    for name, r in results.items():
+        lines += [f"## {name} ({r['dataset']})", "",
+                  "| method | runtime | accuracy % | bytes | p50 ms | quantize s (CPU s) |", "|---|---|---:|---:|---:|---:|"]
+        for label, row in r["rows"].items():
+            runtime = "onnxruntime" if label.startswith(("FP32 ONNX", "ours (quant.ptq, onnx", "onnxruntime")) else "torch"
+            q = f"{row['quantize_s']} ({row['quantize_cpu_s']})" if "quantize_s" in row else "-"
+            lines.append(f"| {label} | {runtime} | {100 * row['accuracy']:.2f} | {row['bytes']:,} | "
+                         f"{row['latency_p50_ms']:.3f} | {q} |")
+        for label, why in r["skipped"].items():
+            lines.append(f"| {label} | - | skipped: {why} | | | |")
+        lines += ["", "DFQ ablation of `quant.ptq` (ONNX Runtime, CLE = equalize, BC = bias_correction):", "",
+                  "| config | accuracy % | bytes |", "|---|---:|---:|"]
+        lines += [f"| {k} | {100 * v['accuracy']:.2f} | {v['bytes']:,} |" for k, v in r["dfq_ablation"].items()]
+        lines.append("")
+    lines += ["## Target: our accuracy >= the best peer's, at no larger size", "",
+              "| model | ours | best peer | accuracy margin (pts) | our size / its size | met |",
+              "|---|---|---|---:|---:|---|"]
+    lines += [f"| {t['model']} | {t['ours']} | {t['best_peer']} | {t['accuracy_margin_pts']:+.2f} | "
+              f"{t['size_ratio_vs_best_peer']} | {'met' if t['met'] else 'MISSED'} |" for t in tgts]
+    lines += ["", "Notes:", "",
+              ("- Peer `.pt2` files are each flow's converted graph saved with `torch.export.save`. torchao's "
+              "`convert_pt2e` leaves the float weights attached beside their int8 copies, so that file is larger "
+              "than FP32 (our torchao backend drops them); neural-compressor, built on the same PT2E convert, is "
+              "larger than FP32 too."),
+              ("- The `.pt2` rows run Q/DQ ops unfused in eager PyTorch (milliseconds); their int8 kernels need "
+              "`torch.compile` (Inductor), not used here. The ONNX Runtime rows are the deployable speed."),
+              "- Test splits: digits 360 images (1 image = 0.28 points), MNIST-5k 1000 (0.1 points).",
+              ("- Per-tensor PTQ does not collapse on these models (trained here, ReLU, moderate folded ranges). The "
+              "collapse and its repair by `equalize` are shown in `tests/test_equalize.py` (a function-preserving "
+              "100x channel skew: per-tensor INT8 55% -> 98.3% in ONNX Runtime on digits).")]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--repeats", type=int, default=200, help="timed runs per latency measurement")
+    p.add_argument("--out", default="ptq_peers")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    np.random.seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        results, wall, cpu = timed(lambda: {m: run_model(m, args, Path(tmp)) for m in args.models})
+    tgts = targets(results)
+    command = ("python benchmarks/ptq_peers.py " + " ".join(sys.argv[1:])).strip()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(
+        {"command": command, "args": vars(args), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+         "vnni": cpu_has_vnni(), "results": results, "targets": tgts}, indent=1))
+    md = markdown(results, tgts, command, wall, cpu)
+    (RESULTS / f"{args.out}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
