@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -131,3 +132,26 @@ def test_dqa_stage_end_to_end(digits_task):
     storage = ctx.info["storage"]
     assert storage["roundtrip_exact"] and 3 / 8 < storage["bytes_per_activation"] < 4 * 0.25
     assert accuracy(quantized, digits_task, "test") > 0.5  # quantized, still a working classifier
+
+
+@pytest.mark.parametrize("arch,kw", [("resnet20", {"width": 0.25}), ("mobilenet_v2", {"width_mult": 0.25})])
+def test_batched_suffix_passes_give_identical_ranking_and_search(digits_task, arch, kw):
+    from edgecompress.quant.actquant import find_blocks, install, noisyquant_search
+    from edgecompress.quant.dqa import rank_channels
+
+    torch.manual_seed(0)
+    model = zoo.build(arch, digits_task.input_shape, 10, **kw).eval()  # untrained: ties broken by the MSE
+    x, y = digits_task.train.tensors[0][:16].float(), digits_task.train.tensors[1][:16]
+    runs = []
+    for rows in (16, 48):  # one candidate per pass (as before batching), 3 per pass (and a remainder)
+        ranked, searched = copy.deepcopy(model), copy.deepcopy(model)
+        orders = rank_channels(ranked, install(ranked, find_blocks(ranked)), x, y, "accuracy", rows=rows)
+        blocks = find_blocks(searched)
+        wrappers = install(searched, [blocks[0], blocks[len(blocks) // 2], blocks[-1]])  # 3 blocks: keep it short
+        noisyquant_search(searched, wrappers, 3, x, rows=rows)
+        runs.append((orders, [w.quantizer.keywords for w in wrappers]))
+    (orders, chosen), *others = runs
+    for other_orders, other_chosen in others:
+        assert other_orders == orders
+        assert all(torch.equal(a["clip"], b["clip"]) and torch.equal(a["noise"], b["noise"])
+                   for a, b in zip(chosen, other_chosen, strict=True))

@@ -3,8 +3,8 @@
 Offline, once: a greedy channel ranking per block. For block k and each of its channels c, channel c stays
 FP32 while the block's other channels and every earlier block are quantized at 3 bits (later blocks float);
 the calibration set is run and the channels ranked by the resulting accuracy (ties broken by the logits' MSE
-against the float model). Cost: the sum of the blocks' channel counts in calibration passes, each from block
-k onwards only (torch.fx, see ``actquant.Suffix``). ``ranking: mse`` ranks by the logits' MSE alone
+against the float model). Cost: the sum of the blocks' channel counts in evaluations of the calibration set,
+each from block k onwards only (torch.fx, see ``actquant.Suffix``), several candidates batched per pass (exact). ``ranking: mse`` ranks by the logits' MSE alone
 (label-free, same cost); ``ranking_samples`` ranks on a calibration subset — both are shortcuts we offer, the
 paper ranks by accuracy on the calibration set.
 
@@ -35,6 +35,7 @@ from edgecompress.quant.actquant import (
     MAX_BITS,
     MIN_BITS,
     MIN_CALIB,
+    SUFFIX_ROWS,
     QuantizedOutput,
     Suffix,
     block_output,
@@ -67,8 +68,12 @@ class DQAConfig(StageConfig):
 
 
 def rank_channels(model: nn.Module, wrappers: list[QuantizedOutput], x: torch.Tensor, y: torch.Tensor,
-                  criterion: str) -> list[list[int]]:
-    """Per block, its channels from most to least important (earlier blocks left at 3 bits afterwards)."""
+                  criterion: str, rank_bits: int = RANK_BITS, rows: int = SUFFIX_ROWS) -> list[list[int]]:
+    """Per block, its channels from most to least important (earlier blocks left at ``rank_bits`` afterwards).
+
+    The candidates (one restored channel each) share batched suffix passes of ``rows`` samples
+    (``Suffix.many``): the same scores as one pass per channel, fewer and larger passes.
+    """
     suffix = Suffix(model, wrappers)
     for w in wrappers:
         w.quantizer = None
@@ -77,18 +82,23 @@ def rank_channels(model: nn.Module, wrappers: list[QuantizedOutput], x: torch.Te
         reference = model(x)
         for i, w in enumerate(wrappers):
             out = block_output(model, w, x)
-            q3 = uniform(out, RANK_BITS)
+            q = uniform(out, rank_bits)
+            logits = suffix.many(i, (_restore(q, out, c) for c in range(out.shape[1])), x, rows)
             scores = []
-            for c in range(out.shape[1]):
-                z = q3.clone()
-                z[:, c] = out[:, c]
-                logits = suffix(i, z, x)
-                mse = torch.mean((logits - reference) ** 2).item()
-                acc = (logits.argmax(1) == y).float().mean().item() if criterion == "accuracy" else 0.0
+            for c, lg in enumerate(logits):
+                mse = torch.mean((lg - reference) ** 2).item()
+                acc = (lg.argmax(1) == y).float().mean().item() if criterion == "accuracy" else 0.0
                 scores.append((-acc, mse, c))
             orders.append([c for *_, c in sorted(scores)])
-            w.quantizer = partial(uniform, bits=RANK_BITS)
+            w.quantizer = partial(uniform, bits=rank_bits)
     return orders
+
+
+def _restore(q: torch.Tensor, out: torch.Tensor, c: int) -> torch.Tensor:
+    """``q`` with channel ``c`` put back to its float value ``out[:, c]``."""
+    z = q.clone()
+    z[:, c] = out[:, c]
+    return z
 
 
 def set_dqa(wrappers: list[QuantizedOutput], orders: list[list[int]], bits: int, extra_bits: int,
