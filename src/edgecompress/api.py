@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch.nn as nn
+from torch import nn
 
 from edgecompress import registry
 from edgecompress.context import StageContext, StageOutput

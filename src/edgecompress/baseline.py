@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch.nn as nn
+from torch import nn
 
 from edgecompress import zoo
 from edgecompress.checkpoint import load_model, save_model

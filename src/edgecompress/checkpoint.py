@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
-import torch.nn as nn
+from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 

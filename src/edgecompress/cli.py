@@ -6,7 +6,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from pydantic import ValidationError
@@ -30,9 +29,9 @@ def _fail(err: EdgeCompressError | ValidationError) -> None:
 
 @app.command()
 def run(
-    recipe: Optional[Path] = typer.Argument(None, help="recipe YAML (default: the packaged `default` recipe)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default: runs/<recipe>-<time>)"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory"),
+    recipe: Path | None = typer.Argument(None, help="recipe YAML (default: the packaged `default` recipe)"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="run directory (default: runs/<recipe>-<time>)"),
+    resume: Path | None = typer.Option(None, "--resume", help="continue the run in this directory"),
     force: bool = typer.Option(False, "--force", help="replace an existing run directory"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow loading pickled full models (runs code)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
@@ -96,7 +95,7 @@ def inspect(
     model: str = typer.Argument(..., help="zoo name, recipe YAML, package.module:callable, or .pt2 archive"),
     input_shape: str = typer.Option("3,32,32", "--input-shape", help="per-sample input shape, e.g. 1,28,28"),
     classes: int = typer.Option(10, "--classes", help="number of classes"),
-    arch: Optional[str] = typer.Option(None, "--arch", help="zoo name or callable for a weights file"),
+    arch: str | None = typer.Option(None, "--arch", help="zoo name or callable for a weights file"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow loading pickled full models"),
 ) -> None:
     """Parameters, MACs, a per-layer table, and which layers can be pruned structurally (and why not)."""
@@ -136,7 +135,7 @@ def bench(
     batch: int = typer.Option(1, "--batch", min=1, help="batch size"),
     repeats: int = typer.Option(100, "--repeats", min=1, help="timed runs"),
     warmup: int = typer.Option(10, "--warmup", min=0, help="untimed runs first"),
-    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="per-sample shape if not in the file"),
+    input_shape: str | None = typer.Option(None, "--input-shape", help="per-sample shape if not in the file"),
 ) -> None:
     """Latency p50/p95, throughput and peak memory of an exported model in its runtime; for a run directory, its
     final model in ONNX Runtime and ExecuTorch side by side (accuracy, size, latency, throughput)."""
@@ -203,10 +202,10 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory made by `ed
 @app.command()
 def portfolio(
     path: Path = typer.Argument(..., help="a run or stage directory holding prune.lottery's level_<i>/ checkpoints"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where the ONNX files go (default: PATH/portfolio)"),
-    data: Optional[str] = typer.Option(None, "--data", help="dataset for accuracy (e.g. digits); none: skip accuracy"),
-    latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="latency budget: say which level serves"),
-    memory_mb: Optional[float] = typer.Option(None, "--memory-mb", help="peak-memory budget: say which level serves"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="where the ONNX files go (default: PATH/portfolio)"),
+    data: str | None = typer.Option(None, "--data", help="dataset for accuracy (e.g. digits); none: skip accuracy"),
+    latency_ms: float | None = typer.Option(None, "--latency-ms", help="latency budget: say which level serves"),
+    memory_mb: float | None = typer.Option(None, "--memory-mb", help="peak-memory budget: say which level serves"),
 ) -> None:
     """Shift every portfolio level to a smaller dense model, export both, and print size/MACs/latency per level."""
     from edgecompress.data import DataSpec, load_task

@@ -12,7 +12,7 @@ from edgecompress.settings import ExportSettings
 
 if TYPE_CHECKING:
     import torch
-    import torch.nn as nn
+    from torch import nn
 
     from edgecompress.data.task import Task
     from edgecompress.export.artifact import Artifact

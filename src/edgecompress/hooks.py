@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from edgecompress import zoo
 from edgecompress.errors import EdgeCompressError

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from edgecompress import baseline, registry, rundir
 from edgecompress.checkpoint import load_model, save_model

@@ -10,14 +10,15 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict
 
 from edgecompress.errors import EdgeCompressError
 
 if TYPE_CHECKING:
-    import torch.nn as nn
+    from torch import nn
 
     from edgecompress.context import StageContext, StageOutput
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 Runner = Callable[[np.ndarray], np.ndarray]  # float32 input batch -> output (logits)
 
 # runtime name -> factory(artifact, threads) -> Runner. Runtimes register themselves (export/runtimes.py).
-RUNTIMES: dict[str, Callable[["Artifact", int], Runner]] = {}
+RUNTIMES: dict[str, Callable[[Artifact, int], Runner]] = {}
 
 
 @dataclass

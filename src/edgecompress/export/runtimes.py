@@ -82,4 +82,4 @@ def torch_runner(artifact: Artifact, threads: int) -> Runner:
 RUNTIMES["onnxruntime"] = onnxruntime_runner
 RUNTIMES["torch"] = torch_runner
 
-from edgecompress.export import executorch  # noqa: F401  (registers the "executorch" runtime)
+from edgecompress.export import executorch  # noqa: E402, F401  (registers the "executorch" runtime)

@@ -59,7 +59,9 @@ def _padding(layer: nn.Module) -> tuple[int, ...]:
 def im2col(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The Conv's input patches ``[N, C_in * prod(kernel), positions]`` (channel-major, like the weight)."""
     if isinstance(layer, nn.Conv1d):  # a Conv1d is a Conv2d of height 1
-        one = lambda t: (1, t[0])
+        def one(t: tuple[int, ...]) -> tuple[int, int]:
+            return 1, t[0]
+
         return F.unfold(x.unsqueeze(2), one(layer.kernel_size), dilation=one(layer.dilation),
                         padding=(0, _padding(layer)[0]), stride=one(layer.stride))
     return F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=_padding(layer), stride=layer.stride)
