@@ -9,7 +9,14 @@ a fresh process per artifact). A DFQ ablation of ``quant.ptq`` (per tensor, + cr
 + bias correction, per channel) runs on the same models. Peers that are not installed are skipped and listed
 (``pip install -e ".[peers]"``).
 
-    python benchmarks/ptq_peers.py            # the committed run (mnist_cnn on MNIST-5k, mobilenet_v2 x0.5 on digits)
+``--calib-seeds N`` repeats the cheap flows (ours: defaults, + CLE + BC, ``reduce_range: off`` with and without
+CLE + BC; onnxruntime defaults; torchao X86) on N calibration draws (draw s = ``task.calibration(256, seed=s)``,
+the same draw for every method), on the same trained model. NNCF and neural-compressor run on draw 0 only. Per
+draw: test accuracy and argmax agreement with the FP32 model; per method mean +- std; ours - best peer paired by
+draw (mean +- standard error).
+
+    python benchmarks/ptq_peers.py --repeats 100 --calib-seeds 5   # the committed run (mnist_cnn on MNIST-5k,
+                                                                   # mobilenet_v2 x0.5 on digits)
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import torch
 import edgecompress as ec
 from edgecompress import baseline
 from edgecompress.data import load_task
-from edgecompress.data.task import Task
+from edgecompress.data.task import Task, torch_predictor
 from edgecompress.export.artifact import Artifact
 from edgecompress.export.onnx import export_onnx
 from edgecompress.measure.latency import benchmark
@@ -59,16 +66,14 @@ def _pt2(module: torch.nn.Module, calib: torch.Tensor, path: Path) -> Artifact:
     return save_program(module, calib[:2].clone(), path, "int8")
 
 
-def ours_onnx(model, task, calib, work: Path) -> Artifact:
-    return ec.apply("quant.ptq", model, task, workdir=work, calib_samples=CALIB).artifact
+def ours(**cfg) -> Callable:
+    """``quant.ptq`` through ``ec.apply``; its calibration draw is ``task.calibration(CALIB, seed)``, as ``calib``."""
+    def run(model, task, calib, work: Path, seed: int = 0) -> Artifact:
+        return ec.apply("quant.ptq", model, task, seed=seed, workdir=work, calib_samples=CALIB, **cfg).artifact
+    return run
 
 
-def ours_torchao(model, task, calib, work: Path) -> Artifact:
-    export = ExportSettings(format="pytorch", runtime="torch")
-    return ec.apply("quant.ptq", model, task, workdir=work, export=export, calib_samples=CALIB).artifact
-
-
-def ort_defaults(model, task, calib, work: Path) -> Artifact:
+def ort_defaults(model, task, calib, work: Path, seed: int = 0) -> Artifact:
     from onnxruntime.quantization import quant_pre_process, quantize_static
 
     fp32 = export_onnx(model, calib[:1], work / "fp32.onnx")
@@ -79,7 +84,7 @@ def ort_defaults(model, task, calib, work: Path) -> Artifact:
     return Artifact(work / "int8.onnx", "onnx", "onnxruntime", "int8")
 
 
-def torchao_x86(model, task, calib, work: Path) -> Artifact:
+def torchao_x86(model, task, calib, work: Path, seed: int = 0) -> Artifact:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
@@ -93,7 +98,7 @@ def torchao_x86(model, task, calib, work: Path) -> Artifact:
     return _pt2(convert_pt2e(prepared), calib, work / "int8.pt2")
 
 
-def nncf_fx(model, task, calib, work: Path) -> Artifact:
+def nncf_fx(model, task, calib, work: Path, seed: int = 0) -> Artifact:
     import nncf
 
     graph = torch.export.export(model, (calib[:2],), dynamic_shapes=_BATCH).module()
@@ -101,7 +106,7 @@ def nncf_fx(model, task, calib, work: Path) -> Artifact:
     return _pt2(quantized, calib, work / "int8.pt2")
 
 
-def inc_pt2e(model, task, calib, work: Path) -> Artifact:
+def inc_pt2e(model, task, calib, work: Path, seed: int = 0) -> Artifact:
     from neural_compressor.torch.export import export
     from neural_compressor.torch.quantization import convert, get_default_static_config, prepare
 
@@ -113,8 +118,8 @@ def inc_pt2e(model, task, calib, work: Path) -> Artifact:
 
 
 METHODS: dict[str, tuple[str, Callable]] = {
-    "ours (quant.ptq, onnxruntime)": ("ours", ours_onnx),
-    "ours (quant.ptq, torchao backend)": ("ours", ours_torchao),
+    "ours (quant.ptq, onnxruntime)": ("ours", ours()),
+    "ours (quant.ptq, torchao backend)": ("ours", ours(export=ExportSettings(format="pytorch", runtime="torch"))),
     "onnxruntime quantize_static defaults": ("peer", ort_defaults),
     "torchao PT2E X86InductorQuantizer": ("peer", torchao_x86),
     "NNCF 3.4 (torch.export)": ("nncf", nncf_fx),
@@ -127,6 +132,19 @@ ABLATION = {
     "per channel (default)": {},
     "per channel + CLE + BC": {"equalize": True, "bias_correction": True},
 }
+CLE_BC = {"equalize": True, "bias_correction": True}
+# the calibration-draw study: label -> (kind, flow); draw 0 reuses the main table / ablation where they overlap
+STUDY: dict[str, tuple[str, Callable]] = {
+    "ours (quant.ptq defaults)": ("ours", ours()),
+    "ours + CLE + BC": ("ours", ours(**CLE_BC)),
+    "ours, reduce_range off": ("ours", ours(reduce_range="off")),
+    "ours, reduce_range off + CLE + BC": ("ours", ours(reduce_range="off", **CLE_BC)),
+    "onnxruntime quantize_static defaults": ("peer", ort_defaults),
+    "torchao PT2E X86InductorQuantizer": ("peer", torchao_x86),
+}
+DRAW0 = {"ours (quant.ptq, onnxruntime)": "ours (quant.ptq defaults)", "per channel + CLE + BC": "ours + CLE + BC",
+         "onnxruntime quantize_static defaults": "onnxruntime quantize_static defaults",
+         "torchao PT2E X86InductorQuantizer": "torchao PT2E X86InductorQuantizer"}
 
 
 def timed(fn):
@@ -135,10 +153,21 @@ def timed(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def measure(artifact: Artifact, task: Task, repeats: int) -> dict:
+def argmax(predict: Callable, task: Task) -> np.ndarray:
+    x = task.split("test").tensors[0]
+    return np.concatenate([predict(x[i : i + 256].numpy()).argmax(axis=1) for i in range(0, len(x), 256)])
+
+
+def quality(artifact: Artifact, task: Task, ref: np.ndarray) -> dict:
+    """Test accuracy, and argmax agreement with the FP32 model's predictions ``ref``."""
+    pred = argmax(artifact.runner(), task)
+    return {"accuracy": float((pred == task.split("test").tensors[1].numpy()).mean()),
+            "agreement": float((pred == ref).mean()), "bytes": artifact.size_bytes}
+
+
+def measure(artifact: Artifact, task: Task, repeats: int, ref: np.ndarray) -> dict:
     lat = benchmark(artifact, task.input_shape, threads=1, batch=1, repeats=repeats)
-    return {"accuracy": task.evaluate(artifact.runner())["accuracy"], "bytes": artifact.size_bytes,
-            "latency_p50_ms": round(lat["latency_p50_ms"], 4)}
+    return {**quality(artifact, task, ref), "latency_p50_ms": round(lat["latency_p50_ms"], 4)}
 
 
 def run_model(name: str, args, work: Path) -> dict:
@@ -147,10 +176,11 @@ def run_model(name: str, args, work: Path) -> dict:
     (model, train_s, _) = timed(lambda: baseline.load(recipe, task, progress=False))
     model.eval()
     calib = task.calibration(CALIB, seed=0).float()
+    ref = argmax(torch_predictor(model), task)
     fp32 = export_onnx(model, calib[:1], work / name / "fp32.onnx")
-    rows = {"FP32 ONNX (reference)": {**measure(fp32, task, args.repeats), "kind": "fp32"}}
+    rows = {"FP32 ONNX (reference)": {**measure(fp32, task, args.repeats, ref), "kind": "fp32"}}
     fp32_pt2 = save_program(model, calib[:2].clone(), work / name / "fp32.pt2", "fp32")
-    rows["FP32 torch.export (reference)"] = {**measure(fp32_pt2, task, args.repeats), "kind": "fp32"}
+    rows["FP32 torch.export (reference)"] = {**measure(fp32_pt2, task, args.repeats, ref), "kind": "fp32"}
     skipped = {}
     for label, (kind, fn) in METHODS.items():
         if kind in PEER_PACKAGES and importlib.util.find_spec(PEER_PACKAGES[kind]) is None:
@@ -163,17 +193,61 @@ def run_model(name: str, args, work: Path) -> dict:
         except Exception as err:  # noqa: BLE001  (a peer's failure is a result, not a crash of the benchmark)
             skipped[label] = f"failed: {type(err).__name__}: {str(err)[:200]}"
             continue
-        rows[label] = {**measure(artifact, task, args.repeats), "kind": "ours" if kind == "ours" else "peer",
+        rows[label] = {**measure(artifact, task, args.repeats, ref), "kind": "ours" if kind == "ours" else "peer",
                        "quantize_s": round(wall, 2), "quantize_cpu_s": round(cpu, 2)}
         print(name, label, rows[label], flush=True)
     ablation = {}
     for label, cfg in ABLATION.items():
         out = ec.apply("quant.ptq", model, task, workdir=work / name / f"abl{len(ablation)}", calib_samples=CALIB, **cfg)
-        ablation[label] = {"accuracy": task.evaluate(out.artifact.runner())["accuracy"],
-                           "bytes": out.artifact.size_bytes}
+        ablation[label] = quality(out.artifact, task, ref)
     print(name, "ablation", ablation, flush=True)
+    draws = calib_draws(model, task, ref, args.calib_seeds, work / name / "draws",
+                        {DRAW0[k]: {"accuracy": v["accuracy"], "agreement": v["agreement"], "bytes": v["bytes"]}
+                         for k, v in {**rows, **ablation}.items() if k in DRAW0})
     return {"dataset": recipe.data.dataset, "baseline_s": round(train_s, 1), "rows": rows,
-            "skipped": skipped, "dfq_ablation": ablation}
+            "skipped": skipped, "dfq_ablation": ablation, "calib_draws": draws}
+
+
+def calib_draws(model, task: Task, ref: np.ndarray, n: int, work: Path, draw0: dict) -> list[dict]:
+    """The STUDY flows on calibration draws 0..n-1 (draw 0 taken from the main table where it has the flow)."""
+    draws = []
+    for seed in range(n):
+        calib, draw = task.calibration(CALIB, seed=seed).float(), dict(draw0) if seed == 0 else {}
+        for label, (_, fn) in STUDY.items():
+            if label not in draw:
+                folder = work / str(seed) / str(len(draw))
+                folder.mkdir(parents=True)
+                draw[label] = quality(fn(model, task, calib, folder, seed), task, ref)
+        draws.append({label: draw[label] for label in STUDY})
+        print("draw", seed, {k: (round(v["accuracy"], 4), round(v["agreement"], 4)) for k, v in draw.items()}, flush=True)
+    return draws
+
+
+def stats(x: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return float(np.mean(x)), float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+
+
+def draw_summary(draws: list[dict]) -> dict:
+    """Per flow mean/std of accuracy and agreement; each ours flow minus the best peer (highest mean accuracy,
+    smaller on ties), paired by draw: mean, standard error, draws where ours >= peer, verdict."""
+    per = {k: {m: stats([d[k][m] for d in draws]) for m in ("accuracy", "agreement")} for k in STUDY}
+    peers = [k for k, (kind, _) in STUDY.items() if kind == "peer"]
+    best = max(peers, key=lambda k: (per[k]["accuracy"][0], -draws[0][k]["bytes"]))
+    paired = {}
+    for k, (kind, _) in STUDY.items():
+        if kind != "ours":
+            continue
+        diff = [100 * (d[k]["accuracy"] - d[best]["accuracy"]) for d in draws]
+        agr = [100 * (d[k]["agreement"] - d[best]["agreement"]) for d in draws]
+        mean, sd = stats(diff)
+        se = sd / np.sqrt(len(diff))
+        verdict = "met" if mean >= -1e-9 else "within noise" if mean + 2 * se >= -1e-9 else "MISSED"
+        paired[k] = {"vs": best, "diff_pts": diff, "mean_pts": mean, "se_pts": se,
+                     "ours_ge_peer": sum(x >= -1e-9 for x in diff), "agreement_diff_pts": stats(agr),
+                     "size_ratio": draws[0][k]["bytes"] / draws[0][best]["bytes"],
+                     "verdict": verdict if draws[0][k]["bytes"] <= draws[0][best]["bytes"] else "MISSED (size)"}
+    return {"per_method": per, "best_peer": best, "paired": paired}
 
 
 def targets(results: dict) -> list[dict]:
@@ -214,8 +288,8 @@ def markdown(results: dict, tgts: list[dict], command: str, wall: float, cpu: fl
         lines += ["", "DFQ ablation of `quant.ptq` (ONNX Runtime, CLE = equalize, BC = bias_correction):", "",
                   "| config | accuracy % | bytes |", "|---|---:|---:|"]
         lines += [f"| {k} | {100 * v['accuracy']:.2f} | {v['bytes']:,} |" for k, v in r["dfq_ablation"].items()]
-        lines.append("")
-    lines += ["## Target: our accuracy >= the best peer's, at no larger size", "",
+        lines += [""] + (draw_markdown(r["calib_draws"], r["draw_summary"]) if len(r["calib_draws"]) > 1 else [])
+    lines += ["## Target: our accuracy >= the best peer's, at no larger size (calibration draw 0 only)", "",
               "| model | ours | best peer | accuracy margin (pts) | our size / its size | met |",
               "|---|---|---|---:|---:|---|"]
     lines += [f"| {t['model']} | {t['ours']} | {t['best_peer']} | {t['accuracy_margin_pts']:+.2f} | "
@@ -234,10 +308,34 @@ def markdown(results: dict, tgts: list[dict], command: str, wall: float, cpu: fl
     return "\n".join(lines) + "\n"
 
 
+def draw_markdown(draws: list[dict], summary: dict) -> list[str]:
+    n, best = len(draws), summary["best_peer"]
+    lines = [f"Calibration draws: {n} draws of {CALIB} training images (seeds 0..{n - 1}), same trained model; "
+             "NNCF and neural-compressor on draw 0 only. Cell = test accuracy % / argmax agreement with FP32 %.", "",
+             "| method | " + " | ".join(f"draw {i}" for i in range(n)) + " | accuracy mean ± std | agreement mean ± std |",
+             "|---|" + "---:|" * (n + 2)]
+    for k, v in summary["per_method"].items():
+        (am, asd), (gm, gsd) = v["accuracy"], v["agreement"]
+        lines.append(f"| {k} | " + " | ".join(f"{100 * d[k]['accuracy']:.2f} / {100 * d[k]['agreement']:.2f}"
+                                              for d in draws)
+                     + f" | {100 * am:.2f} ± {100 * asd:.2f} | {100 * gm:.2f} ± {100 * gsd:.2f} |")
+    lines += ["", f"Ours − best peer ({best}, highest mean accuracy), paired by draw, in points:", "",
+              "| ours | per draw | mean ± SE | ours ≥ peer | agreement diff mean ± std | size ratio | verdict |",
+              "|---|---|---:|---:|---:|---:|---|"]
+    for k, v in summary["paired"].items():
+        lines.append(f"| {k} | {', '.join(f'{x:+.2f}' for x in v['diff_pts'])} | {v['mean_pts']:+.2f} ± "
+                     f"{v['se_pts']:.2f} | {v['ours_ge_peer']}/{n} | {v['agreement_diff_pts'][0]:+.2f} ± "
+                     f"{v['agreement_diff_pts'][1]:.2f} | {v['size_ratio']:.3f} | {v['verdict']} |")
+    return lines + ["", ("Verdict: met if the paired mean ≥ 0 (at no larger size); within noise if mean + 2 SE ≥ 0; "
+                         "else MISSED."), ""]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--repeats", type=int, default=200, help="timed runs per latency measurement")
+    p.add_argument("--calib-seeds", type=int, default=1,
+                   help="calibration draws for the cheap flows (ours, onnxruntime, torchao); NNCF/INC on draw 0 only")
     p.add_argument("--out", default="ptq_peers")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
@@ -245,6 +343,8 @@ def main() -> None:
     np.random.seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         results, wall, cpu = timed(lambda: {m: run_model(m, args, Path(tmp)) for m in args.models})
+    for r in results.values():
+        r["draw_summary"] = draw_summary(r["calib_draws"])
     tgts = targets(results)
     command = ("python benchmarks/ptq_peers.py " + " ".join(sys.argv[1:])).strip()
     RESULTS.mkdir(exist_ok=True)
