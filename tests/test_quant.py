@@ -135,6 +135,27 @@ def test_ptq_onnx_exclude_per_tensor_symmetric_percentile(trained, digits_task, 
         get("quant.ptq")(trained, get("quant.ptq").config(exclude=["no_such_layer"]), StageContext(task=digits_task))
 
 
+def activation_scales(artifact: Artifact) -> dict[str, float]:
+    graph = onnx.load(str(artifact.path)).graph
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    return {n.output[0]: float(values[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_ptq_entropy_calibration_clips_ranges_and_keeps_accuracy(trained, digits_task, tmp_path):
+    """ONNX Runtime's own entropy calibrator (128/128 bins) returns the min/max range; ours searches 2,048 bins."""
+    stage = get("quant.ptq")
+    minmax = stage(trained, stage.config(calib_samples=64), StageContext(task=digits_task, workdir=tmp_path / "a"))
+    entropy = stage(trained, stage.config(calib_samples=64, calibration="entropy"),
+                    StageContext(task=digits_task, workdir=tmp_path / "b"))
+    wide, clipped = activation_scales(minmax.artifact), activation_scales(entropy.artifact)
+    assert wide.keys() == clipped.keys()
+    assert all(clipped[k] <= wide[k] * (1 + 1e-6) for k in wide)  # KL thresholds never widen a range
+    assert sum(clipped[k] < 0.95 * wide[k] for k in wide) >= 2  # and really clip some
+    agreement = (predictions(entropy.artifact, digits_task.test.tensors[0])
+                 == float_predictions(trained, digits_task.test.tensors[0])).mean()
+    assert agreement >= MIN_ARGMAX_AGREEMENT
+
+
 def test_ptq_torchao_pt2_tracks_float_model(trained, digits_task, tmp_path):
     ctx = StageContext(task=digits_task, workdir=tmp_path, export=PYTORCH)
     out = get("quant.ptq")(trained, get("quant.ptq").config(), ctx)

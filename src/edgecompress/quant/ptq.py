@@ -56,7 +56,8 @@ class PTQConfig(StageConfig):
     )
     per_channel: bool = Field(True, description="one weight scale per output channel (else one per tensor)")
     calibration: Literal["minmax", "entropy", "percentile"] = Field(
-        "minmax", description="how activation ranges are chosen (entropy/percentile: onnxruntime backend only)",
+        "minmax", description="how activation ranges are chosen: min/max, KL-divergence thresholds over 2,048 histogram "
+                              "bins (entropy), or the 99.999th percentile; entropy/percentile: onnxruntime backend only",
     )
     symmetric_activations: bool = Field(
         False, description="int8 activations with zero point 0 (default: uint8 with a zero point)",
@@ -152,23 +153,60 @@ def _ptq_onnx(model: nn.Module, config: PTQConfig, ctx: StageContext, calib: tor
     fp32, prep = fp32_onnx(model, ctx, calib[:1])
     reduce_range = _reduce_range(config)
     prepped = onnx.load(str(prep))
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+    input_name = prepped.graph.input[0].name
+    extra = {"ActivationSymmetric": config.symmetric_activations}
+    if config.calibration == "entropy":  # ranges from our own histogram pass, handed over as overrides
+        extra["TensorQuantOverrides"] = _entropy_ranges(prep, input_name, calib)
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.MinMax,
                "percentile": CalibrationMethod.Percentile}
     out = prep.parent / "model_int8.onnx"
     tmp = out.with_suffix(".tmp.onnx")
     quantize_static(
-        str(prep), str(tmp), _CalibrationReader(prepped.graph.input[0].name, calib),
+        str(prep), str(tmp), _CalibrationReader(input_name, calib),
         quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
         activation_type=QuantType.QInt8 if config.symmetric_activations else QuantType.QUInt8,
         weight_type=QuantType.QInt8, calibrate_method=methods[config.calibration],
         nodes_to_exclude=onnx_nodes_to_exclude(prepped, config.exclude, "quant.ptq"),
-        reduce_range=reduce_range, extra_options={"ActivationSymmetric": config.symmetric_activations},
+        reduce_range=reduce_range, extra_options=extra,
     )
     tmp.replace(out)
     prep.unlink()
     report = _qdq_report(onnx.load(str(out)).graph)
     report.update(fp32_bytes=fp32.size_bytes, int8_bytes=out.stat().st_size, reduce_range=reduce_range)
     return Artifact(out, "onnx", "onnxruntime", "int8"), report
+
+
+ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128  # TensorRT's KL calibration settings
+
+
+def _entropy_ranges(prep: Path, input_name: str, calib: torch.Tensor) -> dict[str, list[dict]]:
+    """KL-divergence (entropy) activation ranges as ONNX Runtime ``TensorQuantOverrides``.
+
+    ``quantize_static`` builds its entropy calibrator with 128 histogram bins and 128 quantized bins, which
+    leaves one candidate threshold, the full range: its "entropy" equals min/max, and it offers no option to
+    change the bins. So the calibrator runs here with 2,048 bins. Its threshold ``t`` is symmetric, so each range
+    is clipped to the observed values, ``[max(-t, min), min(t, max)]`` (a ReLU output keeps its one-sided range).
+    """
+    import contextlib
+    import io
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # it prints progress
+        calibrator = create_calibrator(
+            str(prep), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.Entropy,
+            extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
+        )
+        calibrator.collect_data(_CalibrationReader(input_name, calib))
+        thresholds = calibrator.collector.compute_collection_result()
+        observed = {name: (h[2], h[3]) for name, h in calibrator.collector.histogram_dict.items()}
+    overrides = {}
+    for name, (lo, hi, *_) in thresholds.items():
+        seen_lo, seen_hi = observed[name]
+        overrides[name] = [{"rmin": np.float32(max(lo, seen_lo)), "rmax": np.float32(min(hi, seen_hi))}]
+    return overrides
 
 
 def _qdq_report(graph: onnx.GraphProto) -> dict:
