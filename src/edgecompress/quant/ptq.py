@@ -176,7 +176,7 @@ def _ptq_onnx(model: nn.Module, config: PTQConfig, ctx: StageContext, calib: tor
     return Artifact(out, "onnx", "onnxruntime", "int8"), report
 
 
-ENTROPY_BINS = 2048  # histogram bins over [-max|x|, max|x|]
+ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128  # TensorRT's KL calibration settings
 
 
 def _entropy_ranges(prep: Path, input_name: str, calib: torch.Tensor) -> dict[str, list[dict]]:
@@ -184,10 +184,8 @@ def _entropy_ranges(prep: Path, input_name: str, calib: torch.Tensor) -> dict[st
 
     ``quantize_static`` builds its entropy calibrator with 128 histogram bins and 128 quantized bins, which
     leaves one candidate threshold, the full range: its "entropy" equals min/max, and it offers no option to
-    change the bins. So ONNX Runtime's calibrator collects a 2,048-bin histogram here, and its KL threshold search
-    runs per tensor with the number of levels uint8 really gives that tensor: the histogram is symmetric, so a
-    one-sided tensor (a ReLU output) gets 2 x 255 quantized bins (255 on its own side), a two-sided one 255. The
-    symmetric threshold ``t`` is then clipped to the observed values, ``[max(-t, min), min(t, max)]``.
+    change the bins. So the calibrator runs here with 2,048 bins. Its threshold ``t`` is symmetric, so each range
+    is clipped to the observed values, ``[max(-t, min), min(t, max)]`` (a ReLU output keeps its one-sided range).
     """
     import contextlib
     import io
@@ -198,16 +196,16 @@ def _entropy_ranges(prep: Path, input_name: str, calib: torch.Tensor) -> dict[st
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # it prints progress
         calibrator = create_calibrator(
             str(prep), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=CalibrationMethod.Entropy, extra_options={"num_bins": ENTROPY_BINS},
+            calibrate_method=CalibrationMethod.Entropy,
+            extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
         )
         calibrator.collect_data(_CalibrationReader(input_name, calib))
-    collector = calibrator.collector
+        thresholds = calibrator.collector.compute_collection_result()
+        observed = {name: (h[2], h[3]) for name, h in calibrator.collector.histogram_dict.items()}
     overrides = {}
-    for name, histogram in collector.histogram_dict.items():
-        seen_lo, seen_hi = float(histogram[2]), float(histogram[3])
-        levels = 2 * 255 if seen_lo >= 0 else 255
-        lo, hi = collector.get_entropy_threshold(histogram, min(levels, len(histogram[0])))
-        overrides[name] = [{"rmin": np.float32(max(float(lo), seen_lo)), "rmax": np.float32(min(float(hi), seen_hi))}]
+    for name, (lo, hi, *_) in thresholds.items():
+        seen_lo, seen_hi = observed[name]
+        overrides[name] = [{"rmin": np.float32(max(lo, seen_lo)), "rmax": np.float32(min(hi, seen_hi))}]
     return overrides
 
 
