@@ -139,6 +139,8 @@ STUDY: dict[str, tuple[str, Callable]] = {
     "ours + CLE + BC": ("ours", ours(**CLE_BC)),
     "ours, reduce_range off": ("ours", ours(reduce_range="off")),
     "ours, reduce_range off + CLE + BC": ("ours", ours(reduce_range="off", **CLE_BC)),
+    "ours, percentile calibration + CLE + BC": ("ours", ours(calibration="percentile", **CLE_BC)),
+    "ours, entropy calibration + CLE + BC": ("ours", ours(calibration="entropy", **CLE_BC)),
     "onnxruntime quantize_static defaults": ("peer", ort_defaults),
     "torchao PT2E X86InductorQuantizer": ("peer", torchao_x86),
 }
