@@ -48,6 +48,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
 from edgecompress.export.onnx import export_onnx
 from edgecompress.quant.ptq import (
+    CALIB_BATCH,
     _DYNAMIC_BATCH,
     _qdq_report,
     calibration_inputs,
@@ -55,6 +56,7 @@ from edgecompress.quant.ptq import (
     check_no_shared_modules,
     cpu_has_vnni,
 )
+from edgecompress.quant.weights import fold_batchnorm
 from edgecompress.recover.finetune import DistillConfig
 from edgecompress.registry import StageConfig, register
 from edgecompress.train import accuracy, train
@@ -199,7 +201,7 @@ def _prepare(model: nn.Module, config: QATConfig, calib: torch.Tensor, qmin: int
     _check_shared(model, calib[:2])
     exclude = check_module_names(model, config.exclude, "quant.qat")
     if config.freeze_bn_after == 0:
-        model = _fold_bn(model)
+        model = fold_batchnorm(model, calib[:CALIB_BATCH], "quant.qat")
     base = get_default_x86_inductor_quantization_config(is_qat=True)
     observer = MovingAveragePerChannelMinMaxObserver if config.per_channel else MovingAverageMinMaxObserver
     weight = dataclasses.replace(  # see the module docstring for why not the recipe's fused fake-quant
@@ -212,20 +214,6 @@ def _prepare(model: nn.Module, config: QATConfig, calib: torch.Tensor, qmin: int
         quantizer.set_module_name_qconfig(name, None)
     program = torch.export.export(model.train(), (calib[:2],), dynamic_shapes=_DYNAMIC_BATCH)
     return QATModel(prepare_qat_pt2e(program.module(), quantizer), model)
-
-
-def _fold_bn(model: nn.Module) -> nn.Module:
-    """Conv/Linear + BatchNorm pairs fused into one layer (eval statistics), through an FX trace of ``model``."""
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        return fuse(model)
-    except Exception as err:  # symbolic tracing raises many types (TraceError, TypeError, ...)
-        raise EdgeCompressError(
-            f"cannot fold BatchNorm before QAT: FX symbolic tracing failed ({type(err).__name__}: {err})",
-            where="quant.qat.freeze_bn_after",
-            fix="set freeze_bn_after: 1 or more (BN trains inside the exported graph and needs no FX trace)",
-        ) from err
 
 
 def _check_shared(model: nn.Module, example: torch.Tensor) -> None:
