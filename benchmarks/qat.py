@@ -116,7 +116,7 @@ Target (issue #5): QAT improves over PTQ at a low bit width. Met at 3 bits: PTQ 
 to within 0.1 point of FP32. At 8 and 4 bits PTQ is already within 0.3 points of FP32, so QAT has little to
 win. With distillation the soft term is T^2-scaled (x16), so the plain-QAT learning rate takes steps too
 large for the BN-folded network: lr 1e-3 lost 8 points, lr 2e-4 came within 0.2 point of plain QAT. Training
-BN on batch statistics (PT2E simulated folding) matched static folding here at ~4x the stage CPU time (its
+BN on batch statistics (PT2E simulated folding) matched static folding here at ~3-4x the stage CPU time (its
 pattern rewriting).
 Sizes are the ONNX file: weights below 8 bits sit in int8 containers (no packing), hence the same size.
 
