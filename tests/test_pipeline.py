@@ -67,7 +67,7 @@ def test_existing_run_dir_needs_resume_or_force(tmp_path, digits_task):
     assert (tmp_path / "r" / "metrics.json").read_text() == before  # nothing lost
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(EdgeCompressError, match="not an edgecompress run"):
+    with pytest.raises(EdgeCompressError, match="edgecompress did not create"):
         Pipeline(recipe, tmp_path / "mine", task=digits_task, force=True, progress=False).run()
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 

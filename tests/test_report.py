@@ -113,9 +113,7 @@ def test_report_with_missing_keys_and_single_stage(tmp_path):
 
 
 @pytest.mark.parametrize("metrics", [
-    {},
     {"history": sample_metrics()["history"][:1]},
-    {"history": []},
     {"history": [{"name": "baseline"}], "summary": None, "checks": "oops", "export": []},
     {"history": [{"name": "weird", "metrics": {"accuracy": "n/a", "size_bytes": None, "macs": True},
                   "layers": [{"name": "x", "type": "Conv2d"}], "info": {"nested": [[1, 2], {"a": None}], "e": []}}]},

@@ -61,6 +61,37 @@ def save_model(model: nn.Module, directory: Path) -> Path:
     return path
 
 
+def _check_meta(meta: Any, directory: Path) -> None:
+    expected = {"modules": dict, "tuples": dict, "requires_grad": dict}
+    bad = [k for k, kind in expected.items() if not isinstance(meta, dict) or not isinstance(meta.get(k), kind)]
+    if bad:
+        raise EdgeCompressError(f"damaged model.json: missing or malformed {', '.join(bad)}",
+                                where=str(directory / "model.json"),
+                                fix="restore the file, or start a new run (--force replaces the run directory)")
+
+
+def _expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes a layer's recorded sizes imply (convolutions, linear layers, norms)."""
+    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+        return {"weight": (module.out_channels, module.in_channels // module.groups, *module.kernel_size),
+                "bias": (module.out_channels,)}
+    if isinstance(module, nn.Linear):
+        return {"weight": (module.out_features, module.in_features), "bias": (module.out_features,)}
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        n = (module.num_features,)
+        return {"weight": n, "bias": n, "running_mean": n, "running_var": n}
+    return {}
+
+
+def _check_shapes(name: str, module: nn.Module, weights_path: Path) -> None:
+    for leaf, shape in _expected_shapes(module).items():
+        tensor = getattr(module, leaf, None)
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise EdgeCompressError(
+                f"tensor {name}.{leaf} has shape {tuple(tensor.shape)} but the layer's recorded sizes need {shape}",
+                where=str(weights_path), fix="restore the file, or start a new run (--force replaces the run directory)")
+
+
 def load_model(directory: Path, build: Callable[[dict | None], nn.Module]) -> nn.Module:
     """Rebuild a model saved by :func:`save_model`. ``build(arch)`` returns a fresh model of the original
     architecture (``arch`` is the saved descriptor, or None when the model had none)."""
@@ -73,6 +104,7 @@ def load_model(directory: Path, build: Callable[[dict | None], nn.Module]) -> nn
             f"checkpoint is missing or corrupt ({err})", where=str(directory),
             fix="rerun without --resume (use --force to replace the run directory)",
         ) from err
+    _check_meta(meta, directory)
     model = build(meta.get("arch"))
     modules = dict(model.named_modules())
     for name, attrs in meta["modules"].items():
@@ -84,16 +116,22 @@ def load_model(directory: Path, build: Callable[[dict | None], nn.Module]) -> nn
         tuples = set(meta["tuples"].get(name, []))
         for key, value in attrs.items():
             setattr(modules[name], key, tuple(value) if key in tuples else value)
+    missing = sorted(set(model.state_dict()) - set(state))
+    if missing:
+        raise EdgeCompressError(f"checkpoint lacks tensors {', '.join(missing[:5])}", where=str(weights_path),
+                                fix="restore the file, or start a new run (--force replaces the run directory)")
     for key, tensor in state.items():
         owner, _, leaf = key.rpartition(".")
-        module = modules[owner]
-        if leaf in module._parameters:
+        module = modules.get(owner)
+        if module is not None and leaf in module._parameters:
             grad = meta["requires_grad"].get(key, True)
             module._parameters[leaf] = nn.Parameter(tensor, requires_grad=grad)
-        elif leaf in module._buffers:
+        elif module is not None and leaf in module._buffers:
             module._buffers[leaf] = tensor
         else:
             raise EdgeCompressError(f"checkpoint tensor {key!r} has no place in the model", where=str(directory))
+    for name, module in modules.items():
+        _check_shapes(name, module, weights_path)
     if ARCH_ATTR in vars(model) or meta.get("arch") is not None:
         setattr(model, ARCH_ATTR, meta.get("arch"))
     return model.eval()

@@ -232,3 +232,21 @@ def portfolio(
     out_console.print(table)
     if latency_ms is not None or memory_mb is not None:
         out_console.print(Server(pf).select(latency_ms, memory_mb)[1])
+
+
+def main() -> None:
+    """The console entry point: the CLI, with a last guard so that no raw traceback reaches a user."""
+    import os
+
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]: a run continues from its last finished stage with --resume DIR")
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - a bug, not bad input: say so, and how to see the traceback
+        if os.environ.get("EDGECOMPRESS_DEBUG"):
+            raise
+        console.print(f"[bold red]error:[/] internal error {type(err).__name__}: {err}\n"
+                      "  how to fix: this is a bug in edgecompress, not in your input; rerun with "
+                      "EDGECOMPRESS_DEBUG=1 to see the traceback, and report it", highlight=False)
+        sys.exit(3)

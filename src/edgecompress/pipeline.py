@@ -4,6 +4,7 @@ checkpoint each stage so a crashed run resumes after the last finished one with 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import random
 import shutil
@@ -69,6 +70,7 @@ class Pipeline:
         self.progress, self.make_report = progress, report
         self.task = task
         self.export, self.runtime_choice = recipe.export, None  # resolved when export.format is "fastest"
+        self.baseline_seconds = 0.0  # loading (and training) the baseline
 
     # -- model building -------------------------------------------------------------------------------
     def _build(self, arch: dict | None) -> nn.Module:
@@ -80,7 +82,17 @@ class Pipeline:
         return baseline.load(self.recipe, self.task, trust_pickle=self.trust_pickle, train=False)
 
     def _checkpoint(self, entry: dict) -> nn.Module:
-        return load_model(self.out / entry["checkpoint"], self._build)
+        """A stage's saved model, checked to run on the task's inputs (a damaged or edited file is named)."""
+        path = rundir.child(self.out, entry["checkpoint"])
+        model = load_model(path, self._build)
+        try:
+            with torch.no_grad():
+                model(self.task.example_inputs(1))
+        except RuntimeError as err:
+            raise rundir.EdgeCompressError(
+                f"the saved model does not run on the task's inputs ({str(err).splitlines()[0]})", where=str(path),
+                fix="restore the checkpoint, or start a new run (--force replaces the run directory)") from None
+        return model
 
     # -- one stage ------------------------------------------------------------------------------------
     def _record(self, index: int, name: str, method: str, model: nn.Module, artifact: Artifact | None,
@@ -115,31 +127,60 @@ class Pipeline:
 
     # -- whole run ------------------------------------------------------------------------------------
     def run(self) -> RunResult:
-        rundir.prepare(self.out, resume=self.resume, force=self.force)
-        handler = logging.FileHandler(self.out / "run.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        try:
-            return self._run()
-        finally:
-            log.removeHandler(handler)
-            handler.close()
+        """Check the run directory, load and check the model and data, then run inside a locked workspace
+        (a replaced run is removed only once the new baseline exists)."""
+        started = time.perf_counter()
+        rundir.check_target(self.out, resume=self.resume, force=self.force)
+        if self.task is None:
+            self.task = load_task(self.recipe.data)
+        model = None if self.resume else self._load_baseline()
+        with rundir.Workspace(self.out, resume=self.resume) as workspace:
+            handler = logging.FileHandler(self.out / "run.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+            try:
+                return self._run(workspace, model, started)
+            except OSError as err:  # disk full, permissions, ...: the run resumes once the cause is fixed
+                raise rundir.os_error(err, Path(err.filename or self.out)) from None
+            finally:
+                log.removeHandler(handler)
+                handler.close()
+
+    def _load_baseline(self) -> nn.Module:
+        """The model the run starts from (the user's, or the recipe's, trained when asked), checked against the task."""
+        seed_everything(self.recipe.seed)
+        start = time.perf_counter()
+        model = (copy.deepcopy(self.user_model) if self.user_model is not None else
+                 baseline.load(self.recipe, self.task, trust_pickle=self.trust_pickle, progress=self.progress))
+        baseline.check_input(model, self.task.input_shape)
+        self.baseline_seconds = time.perf_counter() - start
+        return model
 
     def _load_state(self) -> list[dict]:
         if not self.resume:
             rundir.write_atomic(self.out / rundir.RECIPE, self.recipe.to_yaml())
             rundir.write_json(self.out / rundir.STATE, {"fingerprint": self.recipe.fingerprint(), "completed": -1})
             return []
-        state = rundir.read_json(self.out / rundir.STATE)
+        state = rundir.read_json(self.out / rundir.STATE, keys=("fingerprint", "completed"))
         if state["fingerprint"] != self.recipe.fingerprint():
             raise rundir.EdgeCompressError(
                 "the recipe differs from the one this run was started with", where=str(self.out / rundir.RECIPE),
                 fix="resume without a recipe argument (the run's own recipe.yaml is used), or start a new run")
-        if state["completed"] < 0:
+        completed = state["completed"]
+        if not isinstance(completed, int) or not -1 <= completed <= len(self.recipe.stages):
+            raise rundir.EdgeCompressError(f"damaged: completed = {completed!r} is not a stage index",
+                                           where=str(self.out / rundir.STATE),
+                                           fix="restore the file, or start a new run (--force replaces this run)")
+        if completed < 0:
             return []
-        history = rundir.read_json(self.out / rundir.METRICS)["history"]
-        return history[: state["completed"] + 1]
+        history = rundir.read_json(self.out / rundir.METRICS, keys=("history",))["history"]
+        if not isinstance(history, list) or len(history) <= completed or not all(
+                isinstance(h, dict) and {"checkpoint", "artifact", "metrics"} <= h.keys() for h in history):
+            raise rundir.EdgeCompressError(
+                f"damaged: the history does not hold the {completed + 1} finished stage(s) state.json records",
+                where=str(self.out / rundir.METRICS), fix="restore the file, or start a new run (--force)")
+        return history[: completed + 1]
 
     def _save(self, history: list[dict], extra: dict | None = None) -> None:
         rundir.write_json(self.out / rundir.METRICS, self._metrics_doc(history, extra or {}))
@@ -164,10 +205,7 @@ class Pipeline:
         self.export, self.runtime_choice = resolve_fastest(model, self.task, self.export, self.out / "runtime-choice")
         log.info("export.format fastest -> %s", self.runtime_choice["format"])
 
-    def _run(self) -> RunResult:
-        started = time.perf_counter()
-        if self.task is None:
-            self.task = load_task(self.recipe.data)
+    def _run(self, workspace: rundir.Workspace, model: nn.Module | None, started: float) -> RunResult:
         history = self._load_state()
         if history:
             console.print(f"resuming after stage {history[-1]['index']} ({history[-1]['name']})")
@@ -175,16 +213,12 @@ class Pipeline:
             doc = rundir.read_json(self.out / rundir.METRICS)  # the export settings the run resolved and used
             self.export, self.runtime_choice = ExportSettings(**doc["export"]), doc.get("runtime_choice")
         else:
-            seed_everything(self.recipe.seed)
-            start = time.perf_counter()
-            model = (copy.deepcopy(self.user_model) if self.user_model is not None else
-                     baseline.load(self.recipe, self.task, trust_pickle=self.trust_pickle, progress=self.progress))
-            baseline.check_input(model, self.task.input_shape)
-            seconds = time.perf_counter() - start
+            model = model if model is not None else self._load_baseline()
             self._resolve_fastest(model)
             console.print("[bold cyan]stage 0[/] baseline")
-            history.append(self._record(0, "baseline", "baseline", model, None, {}, seconds))
+            history.append(self._record(0, "baseline", "baseline", model, None, {}, self.baseline_seconds))
             self._save(history)
+            workspace.baseline_saved()
             teacher = model
         teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
         for index, entry in enumerate(self.recipe.stages, start=1):
@@ -200,9 +234,10 @@ class Pipeline:
         from edgecompress.summary import checks, summarize
 
         final = history[-1]
-        artifact = Artifact.from_json({**final["artifact"], "path": str(self.out / final["artifact"]["path"]),
-                                       "extra_files": [str(self.out / p) for p in final["artifact"]["extra_files"]]})
-        dest = self.out / "artifacts"
+        inside = functools.partial(rundir.child, self.out)
+        artifact = Artifact.from_json({**final["artifact"], "path": str(inside(final["artifact"]["path"])),
+                                       "extra_files": [str(inside(p)) for p in final["artifact"]["extra_files"]]})
+        dest = inside("artifacts")
         dest.mkdir(exist_ok=True)
         for f in artifact.files:
             shutil.copyfile(f, dest / f.name)

@@ -121,6 +121,7 @@ class Portfolio:
     def from_dir(cls, path: Path, out: Path | None = None, task: Task | None = None, **kwargs) -> Portfolio:
         """Build from the ``level_<i>/`` checkpoints ``prune.lottery`` left anywhere under ``path``."""
         from edgecompress.baseline import build_from_arch
+        from edgecompress.rundir import read_json
 
         found = sorted(Path(path).rglob("level_*/model.json"),
                        key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
@@ -129,11 +130,12 @@ class Portfolio:
                                     fix="point to a run or stage directory of prune.lottery")
         models = []
         for meta in found:
-            if json.loads(meta.read_text()).get("arch") is None:
+            arch = read_json(meta, keys=("arch",))["arch"]
+            if not isinstance(arch, dict) or "input_shape" not in arch:
                 raise EdgeCompressError("checkpoint does not say how to rebuild its architecture", where=str(meta),
                                         fix="build the portfolio in Python: Portfolio.build(models, ...)")
             models.append(load_model(meta.parent, build_from_arch))
-        shape = tuple(json.loads(found[0].read_text())["arch"]["input_shape"])
+        shape = tuple(read_json(found[0])["arch"]["input_shape"])
         return cls.build(models, Path(out or Path(path) / "portfolio"), shape, task, **kwargs)
 
     def table(self) -> list[dict]:

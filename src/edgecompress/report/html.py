@@ -55,6 +55,12 @@ def load_metrics(run_dir: Path) -> dict:
             f"metrics.json holds a JSON {type(metrics).__name__}, not an object", where=str(path),
             fix="re-run the pipeline (`edgecompress run`) to rewrite it",
         )
+    history = metrics.get("history")
+    if not isinstance(history, list) or not history or not all(isinstance(h, dict) and "name" in h for h in history):
+        raise EdgeCompressError(
+            "metrics.json has no stage history (a list of named stages)", where=str(path),
+            fix="pass the directory of a run made by `edgecompress run`, or re-run it to rewrite the file",
+        )
     return metrics
 
 
