@@ -15,8 +15,10 @@ from torch import nn
 from edgecompress import zoo
 from edgecompress.checkpoint import load_model, save_model
 from edgecompress.data.task import Task
-from edgecompress.recipe import Recipe
+from edgecompress.errors import EdgeCompressError
+from edgecompress.recipe import ModelSection, Recipe
 from edgecompress.ui import console
+from edgecompress.validate import check_model_and_task
 from edgecompress.zoo.loading import check_input, load_model as load_from_spec
 
 __all__ = ["build_from_arch", "cache_dir", "check_input", "load"]
@@ -42,28 +44,57 @@ def _cache_key(recipe: Recipe, model: nn.Module) -> str:
 def load(recipe: Recipe, task: Task, *, trust_pickle: bool = False, train: bool = True,
          progress: bool = True) -> nn.Module:
     """The recipe's model for ``task``; trained (or taken from the cache) when ``pretrain`` is set and
-    no weights are given. ``train=False`` only rebuilds the architecture (used to load checkpoints)."""
+    no weights are given. ``train=False`` only rebuilds the architecture (used to load checkpoints).
+
+    A model to train is checked against the task first (see ``validate.check_model_and_task``), so a
+    mismatch fails before training rather than after it. A damaged cache entry is named and retrained."""
     spec = recipe.model
     model = load_from_spec(spec, task.input_shape, task.num_classes, trust_pickle=trust_pickle)
     if not train or spec.pretrain is None or spec.weights is not None:
         return model
     from edgecompress.train import train as run_training
 
+    check_model_and_task(model, task)
     folder = cache_dir() / f"baseline-{_cache_key(recipe, model)}"
-    if spec.pretrain.cache and (folder / "model.json").is_file():
-        console.print(f"using cached baseline {folder}")
-        return load_model(folder, lambda arch: load_from_spec(spec, task.input_shape, task.num_classes))
+    cached = _load_cached(folder, spec, task) if spec.pretrain.cache else None
+    if cached is not None:
+        return cached
     p = spec.pretrain
     run_training(model, task, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, seed=recipe.seed,
                  progress=progress, description="baseline training")
     model.eval()
     if spec.pretrain.cache:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent))
-        save_model(model, tmp)
+        _store(model, folder)
+    return model
+
+
+def _load_cached(folder: Path, spec: ModelSection, task: Task) -> nn.Module | None:
+    """The baseline cached in ``folder``; None when there is none, or when it is damaged (it is then retrained)."""
+    if not folder.exists():
+        return None
+    try:
+        model = load_model(folder, lambda arch: load_from_spec(spec, task.input_shape, task.num_classes))
+        check_model_and_task(model, task)
+    except EdgeCompressError as err:
+        console.print(f"[yellow]warning:[/] the cached baseline {folder} is damaged ({err.what}); training it again "
+                      "to replace that folder", highlight=False, soft_wrap=True)
+        return None
+    console.print(f"using cached baseline {folder}", highlight=False, soft_wrap=True)
+    return model
+
+
+def _store(model: nn.Module, folder: Path) -> None:
+    """Save ``model`` as the cached baseline ``folder``, replacing what is there (e.g. a damaged copy)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent))
+    save_model(model, tmp)
+    try:
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
-    return model
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise EdgeCompressError(f"cannot replace the cached baseline ({err})", where=str(folder),
+                                fix=f"delete the folder {folder} and run again") from err
 
 

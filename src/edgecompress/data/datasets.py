@@ -21,6 +21,7 @@ from torch.utils.data import TensorDataset
 
 from edgecompress.data.task import Task
 from edgecompress.errors import EdgeCompressError
+from edgecompress.validate import check_task
 
 DatasetName = Literal["digits", "mnist5k", "mnist1d", "folder", "tensors", "synthetic"]
 Arrays = tuple[np.ndarray, np.ndarray]  # inputs [N, *shape], labels [N]
@@ -103,8 +104,10 @@ def register_dataset(name: str) -> Callable[[Callable[[DataSpec], Task]], Callab
 
 
 def load_task(spec: DataSpec) -> Task:
-    """Load the dataset ``spec`` names and split it into train / val / test."""
-    return DATASETS[spec.dataset](spec)
+    """Load the dataset ``spec`` names, split it into train / val / test and check it (see ``check_task``)."""
+    task = DATASETS[spec.dataset](spec)
+    check_task(task, str(spec.path) if spec.path else f"data ({spec.dataset})")
+    return task
 
 
 # ---- splitting and packaging ------------------------------------------------------------------------------
@@ -270,12 +273,24 @@ _READERS = {".npz": _read_npz, ".safetensors": _read_safetensors, ".pt": _read_t
 
 
 def _check_labeled(x: np.ndarray, y: np.ndarray, keys: str, where: str) -> None:
+    """Inputs [N, ...] and integer labels [N] with N > 0 (the label values are checked on the task)."""
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
         raise EdgeCompressError(
             f"{keys}: inputs must be [N, ...] and labels [N], got {list(x.shape)} and {list(y.shape)}", where=where)
-    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+    if not len(y):
+        raise EdgeCompressError(f"{keys}: no samples (inputs of shape {list(x.shape)})", where=where,
+                                fix="save the data with samples in it: at least a few per class")
+    if not np.issubdtype(y.dtype, np.integer):
         raise EdgeCompressError(f"{keys}: labels must be integers 0..classes-1, got dtype {y.dtype}", where=where,
                                 fix="save the labels as class indices, e.g. y.astype('int64')")
+
+
+def _reshaped(x: np.ndarray, shape: tuple[int, ...], key: str, where: str) -> np.ndarray:
+    try:
+        return x.reshape(len(x), *shape)
+    except ValueError:
+        raise EdgeCompressError(f"{key}: samples of shape {list(x.shape[1:])} cannot be reshaped to {list(shape)}",
+                                where=where, fix="fix data.input_shape") from None
 
 
 @register_dataset("tensors")
@@ -290,6 +305,9 @@ def tensors(spec: DataSpec) -> Task:
                                 fix=f"use one of {', '.join(_READERS)}")
     if not path.is_file():
         raise EdgeCompressError("tensors file not found", where=where, fix="check data.path")
+    if path.stat().st_size == 0:
+        raise EdgeCompressError("the tensors file is empty (0 bytes)", where=where,
+                                fix="save the data again, e.g. np.savez(path, x=inputs, y=labels)")
     try:
         data = _READERS[path.suffix.lower()](path)
     except EdgeCompressError:
@@ -301,21 +319,15 @@ def tensors(spec: DataSpec) -> Task:
     missing = [key for key in wanted if key not in data]
     if missing:
         raise EdgeCompressError(f"missing key(s) {missing}; the file has {sorted(data)}", where=where,
-                                fix="store inputs as 'x' and integer labels as 'y' (optionally 'x_test' and 'y_test')")
+                                fix="store inputs as 'x' and integer labels as 'y' (optionally 'x_test' and 'y_test'), "
+                                    "by name: np.savez(path, x=inputs, y=labels)")
     keys = [("x", "y"), ("x_test", "y_test")][: len(wanted) // 2]
     for x_key, y_key in keys:
         _check_labeled(data[x_key], data[y_key], f"{x_key}/{y_key}", where)
     pairs = [(data[x_key], data[y_key]) for x_key, y_key in keys]
     if spec.input_shape:
-        try:
-            pairs = [(x.reshape(len(x), *spec.input_shape), y) for x, y in pairs]
-        except ValueError:
-            raise EdgeCompressError(f"inputs of shape {list(pairs[0][0].shape[1:])} cannot be reshaped to "
-                                    f"{list(spec.input_shape)}", where=where, fix="fix data.input_shape") from None
+        pairs = [(_reshaped(x, spec.input_shape, x_key, where), y) for (x, y), (x_key, _) in zip(pairs, keys)]
     top = max(int(y.max()) for _, y in pairs) + 1
-    if spec.num_classes is not None and top > spec.num_classes:
-        raise EdgeCompressError(f"labels go up to {top - 1} but num_classes is {spec.num_classes}", where=where,
-                                fix="raise data.num_classes or leave it out")
     if len(pairs) == 2:
         train, val = _split(pairs[0], spec.val_fraction, spec.seed, where)
         splits = (train, val, pairs[1])
