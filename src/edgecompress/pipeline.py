@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecompress import baseline, registry, rundir
+from edgecompress import baseline, registry, rundir, validate
 from edgecompress.checkpoint import load_model, save_model
 from edgecompress.context import StageContext, StageOutput
 from edgecompress.data.datasets import load_task
@@ -132,7 +132,9 @@ class Pipeline:
         started = time.perf_counter()
         rundir.check_target(self.out, resume=self.resume, force=self.force)
         if self.task is None:
-            self.task = load_task(self.recipe.data)
+            self.task = load_task(self.recipe.data)  # checks the data as it loads
+        else:
+            validate.check_task(self.task, f"data ({self.task.name})")
         model = None if self.resume else self._load_baseline()
         with rundir.Workspace(self.out, resume=self.resume) as workspace:
             handler = logging.FileHandler(self.out / "run.log")
@@ -153,7 +155,7 @@ class Pipeline:
         start = time.perf_counter()
         model = (copy.deepcopy(self.user_model) if self.user_model is not None else
                  baseline.load(self.recipe, self.task, trust_pickle=self.trust_pickle, progress=self.progress))
-        baseline.check_input(model, self.task.input_shape)
+        validate.check_model_and_task(model, self.task)
         self.baseline_seconds = time.perf_counter() - start
         return model
 
