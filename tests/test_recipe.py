@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.recipe import load_recipe, packaged_recipes, parse_recipe
@@ -73,7 +74,29 @@ def test_missing_file_lists_packaged(tmp_path):
     assert "not found" in msg and "default" in msg
 
 
-def test_round_trip_is_stable():
-    recipe = load_recipe("default")
-    again = parse_recipe(__import__("yaml").safe_load(recipe.to_yaml()))
+@pytest.mark.parametrize("name", packaged_recipes())
+def test_resolved_recipe_round_trips(name):
+    """The resolved recipe.yaml of a run loads back to the same recipe, so the run can be resumed."""
+    recipe = load_recipe(name)
+    text = recipe.to_yaml()
+    again = parse_recipe(yaml.safe_load(text))
+    assert again.to_yaml() == text and again.fingerprint() == recipe.fingerprint()
+    assert again.model_dump(exclude={"stages"}) == recipe.model_dump(exclude={"stages"})
+    assert [(s.method, s.name, s.config) for s in again.stages] == [(s.method, s.name, s.config) for s in recipe.stages]
+
+
+def test_null_that_overrides_a_default_survives_the_round_trip():
+    recipe = parse_recipe({"model": {"zoo": "mnist_cnn", "kwargs": {"width": None}},
+                           "targets": {"max_accuracy_drop": None, "max_latency_ms": 5.0}})
+    again = parse_recipe(yaml.safe_load(recipe.to_yaml()))
+    assert again.targets.max_accuracy_drop is None and again.model.kwargs == {"width": None}
     assert again.fingerprint() == recipe.fingerprint()
+
+
+def test_all_sections_are_reported_together():
+    with pytest.raises(EdgeCompressError) as info:
+        parse_recipe({"name": "../up", "seed": -1, "model": {"zoo": "mnist_cnn"}, "export": {"format": ["onnx"]},
+                      "stages": [{"method": "finetune", "name": "a/b", "epochs": 0}, {"method": "nope"}]})
+    msg = str(info.value)
+    for path in ("name:", "seed:", "export.format:", "stages[0].name:", "stages[0].epochs:", "stages[1].method:"):
+        assert path in msg, (path, msg)

@@ -1,19 +1,22 @@
 """Recipes: model, data, ordered stages, targets and export settings, validated up front.
 
-Errors name the file, the line, the key path (``stages[1].ratio``), the bad value and what is allowed.
-Each stage's fields are validated against the config class its method registered.
+Errors name the file, the line, the key path (``stages[1].ratio``), the bad value and what is allowed; every
+error of the recipe is reported at once. Each stage's fields are validated against the config class its
+method registered. Recipe files are untrusted input: the loader bounds their size, nesting and alias
+expansion, and accepts plain YAML values only.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from edgecompress import registry
 from edgecompress.data.datasets import DataSpec
@@ -23,6 +26,30 @@ from edgecompress.settings import ExportSettings
 from edgecompress.zoo.loading import ModelSpec
 
 Path_ = tuple[str | int, ...]
+Error = tuple[Path_, str]  # key path, message
+
+MAX_BYTES = 2**20  # a recipe is a few hundred bytes
+MAX_NODES = 10_000  # YAML values once aliases are expanded (a recipe has a few dozen)
+MAX_DEPTH = 64  # nesting levels of lists and mappings
+_MAX_SHOWN = 20  # errors listed in one message
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_slug(value: str) -> str:
+    """``value`` if it is safe as (part of) a folder name."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value) or ".." in value:
+        raise ValueError(f"{_shown(value)} is not a safe name: it names a folder, so use 1 to 64 letters, digits, '.', "
+                         "'_' or '-', starting with a letter or digit, without '..'")
+    return value
+
+
+Slug = Annotated[str, AfterValidator(_check_slug)]
+_SLUG = TypeAdapter(Slug)
 
 
 class PretrainSpec(BaseModel):
@@ -54,7 +81,7 @@ class StageEntry(BaseModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     method: str
-    name: str
+    name: Slug
     config: StageConfig
 
     def to_yaml_dict(self) -> dict[str, Any]:
@@ -64,8 +91,8 @@ class StageEntry(BaseModel):
 
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    name: str = Field("recipe", description="shown in reports and default run directory names")
-    seed: int = Field(0, description="seed of the run; stage i uses seed + i")
+    name: Slug = Field("recipe", description="shown in reports and default run directory names")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the run; stage i uses seed + i")
     model: ModelSection | None = Field(None, description="the model (omit when passing one from Python)")
     data: DataSpec = Field(default_factory=DataSpec, description="dataset and splits")
     stages: list[StageEntry] = Field(default_factory=list, description="ordered compression stages")
@@ -74,22 +101,17 @@ class Recipe(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _parse_stages(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("stages"), list):
-            data = {**data, "stages": [_parse_stage(i, s) for i, s in enumerate(data["stages"])]}
+    def _stages_from_dicts(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "stages" in data:
+            stages, errors = _parse_stages(data["stages"])
+            if errors:
+                raise ValueError("; ".join(f"{_format_path(path)}: {msg}" for path, msg in errors))
+            data = {**data, "stages": stages}
         return data
 
-    @model_validator(mode="after")
-    def _artifact_stage_last(self) -> Recipe:
-        for i, entry in enumerate(self.stages[:-1]):
-            if registry.get(entry.method).produces_artifact:
-                raise ValueError(
-                    f"stages[{i}] {entry.method!r} produces the deployable artifact, so it must be the last stage"
-                )
-        return self
-
     def to_yaml(self) -> str:
-        data = self.model_dump(mode="json", exclude={"stages"}, exclude_none=True)
+        """The resolved recipe; loading it gives back the same recipe and the same fingerprint."""
+        data = _without_default_nones(self, self.model_dump(mode="json", exclude={"stages"}))
         data["stages"] = [s.to_yaml_dict() for s in self.stages]
         return yaml.safe_dump(data, sort_keys=False)
 
@@ -97,101 +119,82 @@ class Recipe(BaseModel):
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()[:16]
 
 
-class _StageError(Exception):
-    def __init__(self, errors: list[tuple[Path_, str]]):
-        self.errors = errors
+def _without_default_nones(model: BaseModel, dumped: dict[str, Any]) -> dict[str, Any]:
+    """``dumped`` (the JSON dump of ``model``) without the None values whose field defaults to None.
+
+    A None that overrides a default (``max_accuracy_drop: null``) stays, so the YAML loads back to the same recipe.
+    """
+    out = {}
+    for key, value in dumped.items():
+        if value is None and type(model).model_fields[key].default is None:
+            continue
+        child = getattr(model, key)
+        out[key] = _without_default_nones(child, value) if isinstance(child, BaseModel) else value
+    return out
 
 
-def _parse_stage(index: int, raw: Any) -> Any:
+# ---- stages ------------------------------------------------------------------------------------------------
+
+
+def _parse_stages(raw: Any) -> tuple[Any, list[Error]]:
+    """Stage entries (None where a stage is invalid) and the errors of every stage; a non-list is left to pydantic."""
+    if not isinstance(raw, list):
+        return raw, []
+    parsed = [_parse_stage(i, item) for i, item in enumerate(raw)]
+    entries = [entry for entry, _ in parsed]
+    errors = [error for _, stage_errors in parsed for error in stage_errors]
+    errors += [(("stages", i), f"{entry.method!r} produces the deployable artifact, so it must be the last stage")
+               for i, entry in enumerate(entries[:-1]) if entry and registry.get(entry.method).produces_artifact]
+    return entries, errors
+
+
+def _parse_stage(index: int, raw: Any) -> tuple[StageEntry | None, list[Error]]:
+    """One stage, or None and its errors (name, method and fields are checked independently)."""
     if isinstance(raw, StageEntry):
-        return raw
+        return raw, []
     where: Path_ = ("stages", index)
     if not isinstance(raw, dict) or "method" not in raw:
-        raise _StageError([(where, "each stage is a mapping with a `method:` key, e.g. `- method: prune.structured`")])
+        return None, [(where, "each stage is a mapping with a `method:` key, e.g. `- method: prune.structured`")]
     fields = dict(raw)
     method, name = fields.pop("method"), fields.pop("name", None)
+    errors = [] if name is None else _validated(_SLUG, name, (*where, "name"))[1]
     try:
         stage = registry.get(str(method))
     except EdgeCompressError as err:
-        raise _StageError([((*where, "method"), f"{err.what}; {err.fix}")]) from None
+        return None, [*errors, ((*where, "method"), f"{err.what}; {err.fix}")]
+    config, config_errors = _validated(stage.config, fields, where)
+    if errors or config_errors:
+        return None, errors + config_errors
+    return StageEntry(method=stage.name, name=stage.name if name is None else name, config=config), []
+
+
+def _validated(schema: type[BaseModel] | TypeAdapter, value: Any, where: Path_) -> tuple[Any, list[Error]]:
+    """``value`` validated against ``schema``, or None and its errors at key paths under ``where``."""
     try:
-        config = stage.config.model_validate(fields)
+        return (schema.validate_python(value) if isinstance(schema, TypeAdapter) else schema.model_validate(value)), []
     except ValidationError as err:
-        raise _StageError([((*where, *e["loc"]), _describe(e, stage.config)) for e in err.errors()]) from None
-    return StageEntry(method=stage.name, name=name or stage.name, config=config)
+        root = schema if isinstance(schema, type) else None
+        return None, [((*where, *e["loc"]), _describe(e, _model_at(root, tuple(e["loc"])[:-1]))) for e in err.errors()]
+
+
+# ---- error messages ----------------------------------------------------------------------------------------
 
 
 def _describe(error: dict, model: type[BaseModel] | None) -> str:
-    msg = error["msg"]
+    msg = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden" and model is not None:
         key = str(error["loc"][-1])
         close = difflib.get_close_matches(key, model.model_fields, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"unknown key {key!r}; {hint}allowed keys: {', '.join(model.model_fields)}"
-    if error["type"] != "missing" and "input" in error:
-        msg += f" (got {error['input']!r})"
+    if error["type"] not in ("missing", "value_error") and "input" in error:
+        msg += f" (got {_shown(error['input'])})"
     return msg
 
 
-def _line_map(text: str) -> dict[Path_, int]:
-    """Key path -> 1-based line, from the YAML node tree."""
-    lines: dict[Path_, int] = {}
-
-    def walk(node: yaml.Node, path: Path_) -> None:
-        lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                lines[(*path, key.value)] = key.start_mark.line + 1
-                walk(value, (*path, key.value))
-                lines[(*path, key.value)] = key.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, (*path, i))
-
-    root = yaml.compose(text)
-    if root is not None:
-        walk(root, ())
-    return lines
-
-
-def _format_path(path: Path_) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _raise(source: str, errors: list[tuple[Path_, str]], lines: dict[Path_, int]) -> None:
-    rendered = []
-    for path, msg in errors:
-        probe = path
-        while probe and probe not in lines:
-            probe = probe[:-1]
-        line = f":{lines[probe]}" if probe in lines else ""
-        rendered.append(f"{source}{line} {_format_path(path)}: {msg}")
-    raise EdgeCompressError(
-        "invalid recipe:\n  " + "\n  ".join(rendered),
-        fix="correct the keys named above; `edgecompress methods` lists every stage and its fields",
-    )
-
-
-def parse_recipe(data: Any, source: str = "<recipe>", text: str | None = None) -> Recipe:
-    """Validate a recipe given as a dict (``text``, when given, is the YAML it came from, for line numbers)."""
-    lines = _line_map(text) if text else {}
-    if not isinstance(data, dict):
-        _raise(source, [((), "a recipe is a YAML mapping with model/data/stages keys")], lines)
-    try:
-        return Recipe.model_validate(data)
-    except _StageError as err:
-        _raise(source, err.errors, lines)
-    except ValidationError as err:
-        errors = [(tuple(e["loc"]), _describe(e, _model_at(tuple(e["loc"])[:-1]))) for e in err.errors()]
-        _raise(source, errors, lines)
-    raise AssertionError("unreachable")
-
-
-def _model_at(path: Path_) -> type[BaseModel] | None:
-    model: Any = Recipe
+def _model_at(root: type[BaseModel] | None, path: Path_) -> type[BaseModel] | None:
+    """The pydantic model at key path ``path`` under ``root`` (None when the path leaves the models)."""
+    model: Any = root
     for part in path:
         field = getattr(model, "model_fields", {}).get(part) if isinstance(part, str) else None
         if field is None:
@@ -201,29 +204,216 @@ def _model_at(path: Path_) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
+def _format_path(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _line_of(path: Path_, lines: dict[Path_, int]) -> int | None:
+    """The line of ``path``, or of its closest ancestor with a known line."""
+    while path and path not in lines:
+        path = path[:-1]
+    return lines.get(path)
+
+
+def _raise(source: str, errors: list[Error], lines: dict[Path_, int]) -> None:
+    located = sorted(((_line_of(path, lines), path, msg) for path, msg in errors), key=lambda e: e[0] or 0)
+    rendered = [f"{source}{f':{line}' if line else ''} {_format_path(path)}: {msg}" for line, path, msg in located]
+    if len(rendered) > _MAX_SHOWN:
+        rendered[_MAX_SHOWN:] = [f"... and {len(rendered) - _MAX_SHOWN} more"]
+    raise EdgeCompressError(
+        "invalid recipe:\n  " + "\n  ".join(rendered),
+        fix="correct the keys named above; `edgecompress methods` lists every stage and its fields",
+    )
+
+
+# ---- validation and loading --------------------------------------------------------------------------------
+
+
+def parse_recipe(data: Any, source: str = "<recipe>", text: str | None = None) -> Recipe:
+    """Validate a recipe given as a dict (``text``, when given, is the YAML it came from, for line numbers)."""
+    return _validate(data, source, _load_yaml(text, source)[1] if text else {})
+
+
+def _validate(data: Any, source: str, lines: dict[Path_, int]) -> Recipe:
+    """The recipe in ``data``; all its errors (stages and other sections together) raise one EdgeCompressError."""
+    if not isinstance(data, dict):
+        _raise(source, [((), "a recipe is a YAML mapping with model/data/stages keys")], lines)
+    stages, errors = _parse_stages(data.get("stages", []))
+    try:
+        recipe = Recipe.model_validate({**data, "stages": [] if errors else stages})
+    except ValidationError as err:
+        errors += [(tuple(e["loc"]), _describe(e, _model_at(Recipe, tuple(e["loc"])[:-1]))) for e in err.errors()]
+    if errors:
+        _raise(source, errors, lines)
+    return recipe
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a YAML recipe file (or the name of a packaged recipe, e.g. ``default``)."""
     path = Path(path)
     if not path.exists() and path.suffix == "":
         packaged = resources.files("edgecompress") / "recipes" / f"{path.name}.yaml"
         if packaged.is_file():
-            return parse_recipe(yaml.safe_load(packaged.read_text()), f"{path.name} (packaged)", packaged.read_text())
+            source = f"{path.name} (packaged)"
+            data, lines = _load_yaml(packaged.read_text(), source)
+            return _validate(data, source, lines)
     if not path.is_file():
         raise EdgeCompressError(
             "recipe file not found", where=str(path),
             fix=f"check the path; packaged recipes: {', '.join(packaged_recipes())}",
         )
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise EdgeCompressError(f"malformed YAML: {getattr(err, 'problem', err)}", where=where,
-                                fix="fix the YAML syntax at that line (indentation, colons, quotes)") from None
-    return parse_recipe(data, str(path), text)
+    data, lines = _load_yaml(_read_text(path), str(path))
+    return _validate(data, str(path), lines)
 
 
 def packaged_recipes() -> list[str]:
     folder = resources.files("edgecompress") / "recipes"
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_text(path: Path) -> str:
+    """The text of the recipe file: at most MAX_BYTES of UTF-8."""
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_BYTES + 1)
+    except OSError as err:
+        raise EdgeCompressError(f"cannot read the recipe: {err.strerror or err}", where=str(path),
+                                fix="check that the file is readable") from None
+    if len(raw) > MAX_BYTES:
+        raise EdgeCompressError(f"the recipe is larger than {MAX_BYTES // 2**20} MiB", where=str(path),
+                                fix="a recipe is a short YAML file: check that this is the file you meant") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise EdgeCompressError(f"the recipe is not UTF-8 text (byte {raw[err.start]:#04x} on line {line})",
+                                where=f"{path}:{line}", fix="save the file as UTF-8") from None
+
+
+# ---- YAML --------------------------------------------------------------------------------------------------
+
+
+class _RefusedYAML(yaml.MarkedYAMLError):
+    """A document the recipe loader refuses, with how to fix it."""
+
+    def __init__(self, problem: str, mark: yaml.Mark, fix: str):
+        super().__init__(problem=problem, problem_mark=mark)
+        self.fix = fix
+
+
+def _short_tag(tag: str) -> str:
+    return tag.replace("tag:yaml.org,2002:", "!!")
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader bounded for untrusted input: MAX_NODES values with aliases expanded, MAX_DEPTH nesting levels,
+    no recursive aliases, and only plain values (no binary, set, ordered-map or custom tags; dates stay text)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._nodes = 0  # values so far, an alias counting as every value it stands for
+        self._depth = 0
+        self._sizes: dict[str, int] = {}  # anchor -> values under it, aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)  # raises for an undefined alias
+            if event.anchor not in self._sizes:
+                raise _RefusedYAML(f"alias *{event.anchor} refers to a list or mapping that contains it",
+                                   event.start_mark, "remove the recursive alias")
+            self._count(self._sizes[event.anchor], event.start_mark)
+            return node
+        if self._depth >= MAX_DEPTH:
+            raise _RefusedYAML(f"lists and mappings nested more than {MAX_DEPTH} levels deep", event.start_mark,
+                               "flatten the recipe: its sections are a few levels deep")
+        start = self._nodes
+        self._count(1, event.start_mark)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if event.anchor is not None:
+            self._sizes[event.anchor] = self._nodes - start
+        return node
+
+    def _count(self, nodes: int, mark: yaml.Mark) -> None:
+        self._nodes += nodes
+        if self._nodes > MAX_NODES:
+            raise _RefusedYAML(f"more than {MAX_NODES:,} values, counting each alias (*name) as the values it "
+                               "repeats; a recipe has a few dozen", mark,
+                               "check that this is a recipe; write repeated parts out instead of nesting aliases")
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError):  # PyYAML's scalar constructors
+            value = f" {_shown(node.value)}" if isinstance(node, yaml.ScalarNode) else ""
+            raise _RefusedYAML(f"invalid {_short_tag(node.tag)} value{value}", node.start_mark,
+                               "give a value of that type, or remove the tag") from None
+
+    def _unsupported_tag(self, node: yaml.Node) -> Any:
+        raise _RefusedYAML(f"unsupported YAML tag {_short_tag(node.tag)}", node.start_mark,
+                           "remove the tag: a recipe holds plain text, numbers, booleans, null, lists and mappings")
+
+
+for _tag in (None, "tag:yaml.org,2002:binary", "tag:yaml.org,2002:set", "tag:yaml.org,2002:omap",
+             "tag:yaml.org,2002:pairs"):
+    _RecipeLoader.add_constructor(_tag, _RecipeLoader._unsupported_tag)
+_RecipeLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+
+
+def _load_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
+    """The document in ``text`` and the line of each key path, read with the bounded loader."""
+    try:
+        root, data = _parse_yaml(text)
+    except yaml.YAMLError as err:
+        raise _yaml_error(err, source, text) from None
+    return data, _line_map(root)
+
+
+def _parse_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    loader = _RecipeLoader(text)
+    try:
+        root = loader.get_single_node()
+        return root, None if root is None else loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
+def _yaml_error(err: yaml.YAMLError, source: str, text: str) -> EdgeCompressError:
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if mark is not None:
+        line = mark.line + 1
+    elif isinstance(err, yaml.reader.ReaderError):
+        line = text[:err.position].count("\n") + 1
+    else:
+        line = None
+    problem = getattr(err, "problem", None) or getattr(err, "reason", None) or str(err)
+    what = problem if isinstance(err, _RefusedYAML) else f"malformed YAML: {problem}"
+    fix = getattr(err, "fix", "fix the YAML syntax at that line (indentation, colons, quotes)")
+    return EdgeCompressError(what, where=f"{source}:{line}" if line else source, fix=fix)
+
+
+def _line_map(root: yaml.Node | None) -> dict[Path_, int]:
+    """Key path -> 1-based line, from the YAML node tree (a key's path maps to the key's line)."""
+    lines: dict[Path_, int] = {}
+
+    def walk(node: yaml.Node, path: Path_) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    walk(value, (*path, key.value))
+                    lines[(*path, key.value)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    if root is not None:
+        walk(root, ())
+    return lines

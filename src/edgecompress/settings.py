@@ -32,6 +32,7 @@ class ExportSettings(BaseModel):
     @classmethod
     def _runtime_follows_format(cls, data: object) -> object:
         """A format given without a runtime gets the runtime that runs it."""
-        if isinstance(data, dict) and data.get("format") in FORMAT_RUNTIME and "runtime" not in data:
-            data = {**data, "runtime": FORMAT_RUNTIME[data["format"]]}
+        fmt = data.get("format") if isinstance(data, dict) else None
+        if isinstance(fmt, str) and fmt in FORMAT_RUNTIME and "runtime" not in data:  # a list/dict is left to pydantic
+            data = {**data, "runtime": FORMAT_RUNTIME[fmt]}
         return data
