@@ -84,10 +84,15 @@ def methods(as_json: bool = typer.Option(False, "--json", help="machine-readable
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
+    """``--input-shape 1,28,28`` -> (1, 28, 28): one sample's dimensions, each a positive int."""
     try:
-        return tuple(int(v) for v in text.split(","))
+        shape = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise EdgeCompressError(f"bad shape {text!r}", fix="write it as comma-separated ints, e.g. 1,28,28") from None
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise EdgeCompressError(f"bad input shape {text!r}: it must be comma-separated positive ints",
+                                where="--input-shape", fix="give one sample's shape without the batch, e.g. 1,28,28")
+    return shape
 
 
 @app.command()
@@ -136,6 +141,7 @@ def bench(
     repeats: int = typer.Option(100, "--repeats", min=1, help="timed runs"),
     warmup: int = typer.Option(10, "--warmup", min=0, help="untimed runs first"),
     input_shape: str | None = typer.Option(None, "--input-shape", help="per-sample shape if not in the file"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow loading a run's pickled model (runs code)"),
 ) -> None:
     """Latency p50/p95, throughput and peak memory of an exported model in its runtime; for a run directory, its
     final model in ONNX Runtime and ExecuTorch side by side (accuracy, size, latency, throughput)."""
@@ -143,10 +149,10 @@ def bench(
     from edgecompress.measure import benchmark
 
     if artifact.is_dir():
-        _bench_runtimes(artifact, threads, batch, repeats, warmup)
+        _bench_runtimes(artifact, threads, batch, repeats, warmup, trust_pickle)
         return
     try:
-        art, shape = artifact_from_file(artifact, _parse_shape(input_shape) if input_shape else None)
+        art, shape = artifact_from_file(artifact, None if input_shape is None else _parse_shape(input_shape))
         res = benchmark(art, shape, threads=threads, batch=batch, warmup=warmup, repeats=repeats)
     except EdgeCompressError as err:
         _fail(err)
@@ -159,13 +165,14 @@ def bench(
     out_console.print(table)
 
 
-def _bench_runtimes(run_dir: Path, threads: int, batch: int, repeats: int, warmup: int) -> None:
+def _bench_runtimes(run_dir: Path, threads: int, batch: int, repeats: int, warmup: int, trust_pickle: bool) -> None:
     """``bench RUN_DIR``: one table row per runtime and precision, all measured with the same settings."""
     from edgecompress.measure.runtimes import compare_run
     from edgecompress.settings import ExportSettings
 
     try:
-        rows = compare_run(run_dir, ExportSettings(threads=threads, batch=batch, repeats=repeats, warmup=warmup))
+        settings = ExportSettings(threads=threads, batch=batch, repeats=repeats, warmup=warmup)
+        rows = compare_run(run_dir, settings, trust_pickle=trust_pickle)
     except EdgeCompressError as err:
         _fail(err)
     table = Table(title=f"final model of {run_dir} ({threads} threads, batch {batch})")

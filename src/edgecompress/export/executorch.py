@@ -11,7 +11,9 @@ torch's fake convolution guards ``batch < 16`` inside the XNNPACK channels-last 
 bound silently drops to 15 (any larger input then fails). Measured on mnist_cnn: dynamic and static programs
 run batch 1 and batch 32 at the same latency, so nothing is lost by keeping the batch dynamic.
 
-Runtime: ``executorch.runtime.Runtime.get().load_program(path).load_method("forward")``. Threads: the only
+Runtime: ``executorch.runtime.Runtime.get().load_program(path).load_method("forward")``, after a check of the
+file identifier (the runtime can abort the process on a file without it); ``pte_info``, which reads a file given on
+the command line, loads it in a child process, so that a damaged program aborts only the child. Threads: the only
 control the Python runtime exposes is the process-wide ``_unsafe_reset_threadpool``, and it segfaults the next
 ``execute`` in a process that has lowered a program (measured: reset to 1 thread after an export). So the
 thread count is honoured where latency is timed, in the fresh benchmark process (``measure/_bench_worker.py``);
@@ -21,6 +23,9 @@ the in-process runner (used for accuracy) leaves the pool at ExecuTorch's defaul
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -87,6 +92,32 @@ def export_executorch(model: torch.nn.Module, example_inputs: torch.Tensor, out_
     return lower_to_pte(program, Path(out_dir) / f"{name}.pte", "fp32")
 
 
+PTE_IDENTIFIER = b"ET12"  # the flatbuffer file_identifier of executorch/schema/program.fbs, at bytes 4..8
+
+# pte_info's trial load, run in a child process: prints the forward method's input sizes
+_TRIAL_LOAD = """
+import json, sys
+from executorch.runtime import Runtime
+program = Runtime.get().load_program(sys.argv[1])
+print(json.dumps(list(program.load_method("forward").metadata.input_tensor_meta(0).sizes())))
+"""
+
+
+def check_pte_header(path: Path) -> None:
+    """Raise unless ``path`` carries the ExecuTorch program identifier. On a file without it the runtime logs the
+    bytes it found, and bytes that are not UTF-8 end in an uncaught C++ exception that aborts the process."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[4:8] != PTE_IDENTIFIER:
+        raise _bad_pte(path, f"not a .pte file: bytes 4..8 are {head[4:8]!r}, not {PTE_IDENTIFIER!r} (the file has "
+                             f"{Path(path).stat().st_size} bytes)")
+
+
+def _bad_pte(path: Path, why: str) -> EdgeCompressError:
+    return EdgeCompressError(f"cannot load the ExecuTorch program: {why}", where=str(path),
+                             fix="the file is damaged or not a .pte program: export the model again")
+
+
 def _load(path: Path):
     """(program, forward method) of a ``.pte`` file; the method is only valid while the program lives."""
     from executorch.runtime import Runtime
@@ -94,20 +125,28 @@ def _load(path: Path):
     if not Path(path).is_file():
         raise EdgeCompressError("executorch artifact file not found", where=str(path),
                                 fix="export the model again (export.format: executorch)")
+    check_pte_header(path)
     try:
         program = Runtime.get().load_program(Path(path))
         return program, program.load_method("forward")
     except Exception as err:  # the pybindings raise RuntimeError / ValueError with ExecuTorch error codes
-        raise EdgeCompressError(
-            f"cannot load the ExecuTorch program: {type(err).__name__}: {err}", where=str(path),
-            fix="the file is corrupt or not a .pte program: export the model again",
-        ) from err
+        raise _bad_pte(path, f"{type(err).__name__}: {err}") from err
 
 
 def pte_info(path: Path) -> tuple[Artifact, tuple[int, ...]]:
-    """A ``.pte`` file as an FP32-labelled artifact, and its per-sample input shape (from the method's metadata)."""
-    _, method = _load(path)
-    return Artifact(Path(path), "executorch", "executorch"), tuple(method.metadata.input_tensor_meta(0).sizes()[1:])
+    """A ``.pte`` file as an FP32-labelled artifact, and its per-sample input shape (from the method's metadata).
+
+    The program is loaded in a child process, so a file that makes the runtime abort ends only the child.
+    """
+    from edgecompress.measure.latency import exit_reason
+
+    check_pte_header(path)
+    proc = subprocess.run([sys.executable, "-c", _TRIAL_LOAD, str(path)], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise _bad_pte(path, exit_reason(proc))
+    sizes = json.loads(proc.stdout.splitlines()[-1])
+    return Artifact(Path(path), "executorch", "executorch"), tuple(sizes[1:])
 
 
 def executorch_runner(artifact: Artifact, threads: int) -> Runner:

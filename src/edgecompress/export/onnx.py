@@ -1,15 +1,20 @@
 """FP32 ONNX export through the TorchScript exporter (dynamo=False): one self-contained file, opset 17,
-outputs matching PyTorch to ~1e-6 in ONNX Runtime."""
+outputs matching PyTorch to ~1e-6 in ONNX Runtime; and ``load_onnx``, which checks a file before it is run."""
 
 from __future__ import annotations
 
 import copy
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def export_onnx(model: torch.nn.Module, example_inputs: torch.Tensor, path: Path, opset: int = 17) -> Artifact:
@@ -27,3 +32,20 @@ def export_onnx(model: torch.nn.Module, example_inputs: torch.Tensor, path: Path
         )
     tmp.replace(path)
     return Artifact(path, "onnx", "onnxruntime", "fp32")
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """The model in ``path`` (external data not loaded) once ``onnx.checker`` accepts the file; a damaged file or
+    one that is not ONNX raises an EdgeCompressError."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))  # by path: parses the file and finds external data next to it
+    except onnx.checker.ValidationError as err:
+        raise EdgeCompressError(f"not a valid ONNX model: {str(err).strip()}", where=str(path),
+                                fix="the file is damaged or not an ONNX model: export the model again") from None
+    proto = onnx.load(str(path), load_external_data=False)
+    if not proto.graph.input:
+        raise EdgeCompressError("the ONNX model has no inputs", where=str(path),
+                                fix="export a model that takes an input tensor")
+    return proto

@@ -7,11 +7,15 @@ numpy batch to the model's first output as numpy. Importing this module register
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import RUNTIMES, Artifact, Runner
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _check_files(artifact: Artifact) -> None:
@@ -59,10 +63,7 @@ def torch_runner(artifact: Artifact, threads: int) -> Runner:
     import torchao  # noqa: F401  (registers the quantized ops that INT8 .pt2 archives use)
 
     _check_files(artifact)
-    try:
-        module = torch.export.load(str(artifact.path)).module()
-    except Exception as err:  # zipfile / serialization errors
-        raise _corrupt(artifact, err) from err
+    module = load_pt2(artifact.path).module()
 
     def run(x: np.ndarray) -> np.ndarray:
         previous = torch.get_num_threads()  # the thread count is process-wide: restore it for the caller
@@ -77,6 +78,25 @@ def torch_runner(artifact: Artifact, threads: int) -> Runner:
         return out.float().numpy()
 
     return run
+
+
+def load_pt2(path: Path) -> torch.export.ExportedProgram:
+    """The program in a ``torch.export`` archive; a file that is not one, or a damaged one, raises an
+    EdgeCompressError."""
+    import torch
+    from torch.export.pt2_archive import is_pt2_package
+
+    def error(why: str) -> EdgeCompressError:
+        return EdgeCompressError(f"cannot load the torch.export archive: {why}", where=str(path),
+                                 fix="the file is damaged or not a torch.export archive: save one with "
+                                     "torch.export.save (export.format: pytorch)")
+
+    if not is_pt2_package(str(path)):
+        raise error("not a .pt2 archive (a zip written by torch.export.save)")
+    try:
+        return torch.export.load(str(path))
+    except Exception as err:  # zip and deserialization errors of a damaged archive
+        raise error(f"{type(err).__name__}: {err}") from err
 
 
 RUNTIMES["onnxruntime"] = onnxruntime_runner

@@ -164,4 +164,7 @@ def run(cfg: dict) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(json.loads(sys.argv[1]))))
+    try:
+        print(json.dumps(run(json.loads(sys.argv[1]))))
+    except Exception as err:  # one line on stderr (and exit status 1): the caller reports it as the reason
+        sys.exit(" ".join(f"{type(err).__name__}: {err}".split()))

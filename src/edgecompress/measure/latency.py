@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -40,7 +41,14 @@ def benchmark(artifact: Artifact, input_shape: Sequence[int], *, threads: int = 
     cmd = [sys.executable, "-P", str(WORKER), json.dumps(cfg)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
-        last = proc.stderr.strip().splitlines()[-1:] or ["no error output"]
-        raise EdgeCompressError(f"benchmark worker failed: {last[0]}", where=str(artifact.path),
+        raise EdgeCompressError(f"benchmark worker failed: {exit_reason(proc)}", where=str(artifact.path),
                                 fix="check that the artifact runs: artifact.runner()(batch)")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def exit_reason(proc: subprocess.CompletedProcess) -> str:
+    """Why a child process failed: the signal that killed it (a crash in native code), and its last error line."""
+    last = (proc.stderr.strip().splitlines() or ["no error output"])[-1].strip()
+    if proc.returncode < 0:
+        return f"it crashed ({signal.strsignal(-proc.returncode) or f'signal {-proc.returncode}'}): {last}"
+    return last

@@ -80,19 +80,39 @@ def resolve_fastest(model: nn.Module, task: Task, settings: ExportSettings,
     return runtime_settings(settings, best["runtime"]), choice
 
 
-def compare_run(run_dir: Path, settings: ExportSettings) -> list[dict[str, Any]]:
+def compare_run(run_dir: Path, settings: ExportSettings, *, trust_pickle: bool = False) -> list[dict[str, Any]]:
     """``compare_runtimes`` on the final model of an ``edgecompress run`` directory, on the run's data; INT8 rows
-    too when the run's final artifact is INT8. Files go to ``run_dir/runtime-compare``."""
+    too when the run's final artifact is INT8. Files go to ``run_dir/runtime-compare``. A model that came from a
+    callable, an archive or a pickle is rebuilt from the run's recipe (``trust_pickle`` for a pickle)."""
     from edgecompress import baseline, rundir
     from edgecompress.checkpoint import load_model
     from edgecompress.data.datasets import load_task
     from edgecompress.recipe import load_recipe
 
     run_dir = Path(run_dir)
-    if not (run_dir / rundir.METRICS).is_file() or not (run_dir / "artifacts").is_dir():
-        raise EdgeCompressError("not a finished edgecompress run (metrics.json or artifacts/ missing)",
-                                where=str(run_dir), fix="pass the directory of a finished `edgecompress run`")
-    model = load_model(run_dir / "artifacts", baseline.build_from_arch).eval()
-    task = load_task(load_recipe(run_dir / rundir.RECIPE).data)
-    final = rundir.read_json(run_dir / rundir.METRICS)["history"][-1]["artifact"]
+    final = _finished_run(run_dir)["history"][-1]["artifact"]
+    recipe = load_recipe(run_dir / rundir.RECIPE)
+    task = load_task(recipe.data)
+
+    def build(arch: dict | None) -> nn.Module:
+        """The architecture the final checkpoint was saved from: a zoo descriptor, else the recipe's model."""
+        if arch is not None:
+            return baseline.build_from_arch(arch)
+        return baseline.load(recipe, task, trust_pickle=trust_pickle, train=False)
+
+    model = load_model(run_dir / "artifacts", build).eval()
     return compare_runtimes(model, task, settings, run_dir / "runtime-compare", int8=final["precision"] == "int8")
+
+
+def _finished_run(run_dir: Path) -> dict[str, Any]:
+    """The metrics.json of a finished run in ``run_dir`` (a history and a summary, next to artifacts/); any other
+    directory raises an EdgeCompressError."""
+    from edgecompress import rundir
+
+    metrics = run_dir / rundir.METRICS
+    doc = rundir.read_json(metrics) if metrics.is_file() and (run_dir / "artifacts").is_dir() else None
+    if not isinstance(doc, dict) or not doc.get("history") or "summary" not in doc:
+        raise EdgeCompressError("not a finished edgecompress run (no metrics.json with a history and a summary "
+                                "next to artifacts/)", where=str(run_dir),
+                                fix="pass the directory of a finished `edgecompress run`, or an exported model file")
+    return doc

@@ -227,8 +227,8 @@ def check_input(model: nn.Module, input_shape: tuple[int, ...], num_classes: int
             out = model(torch.zeros(2, *input_shape))
     except Exception as err:
         raise EdgeCompressError(
-            f"the model does not accept inputs of shape [batch, {', '.join(map(str, input_shape))}] (the dataset's "
-            f"input shape is {tuple(input_shape)}): {type(err).__name__}: {str(err)[:500]}", where="model",
+            f"the model does not accept inputs of shape {tuple(input_shape)} (tried a batch of 2: "
+            f"{(2, *input_shape)}){_expected_input(model)}: {type(err).__name__}: {str(err)[:500]}", where="model",
             fix="use a model built for this input shape (channels, size), or data of the shape the model expects; "
                 "a torch.export archive also needs a dynamic batch dimension") from err
     finally:
@@ -239,3 +239,15 @@ def check_input(model: nn.Module, input_shape: tuple[int, ...], num_classes: int
         raise EdgeCompressError(f"the model outputs {got} for a batch of 2, but the dataset has {num_classes} classes "
                                 f"(expected [2, {num_classes}])", where="model",
                                 fix=f"build the model with {num_classes} outputs (logits)")
+
+
+def _expected_input(model: nn.Module) -> str:
+    """'; it expects (batch, 1, 28, 28)' for a traced model (a torch.export archive) that recorded the shape of its
+    first input, else ''."""
+    graph = getattr(model, "graph", None)
+    first = next((n for n in graph.nodes if n.op == "placeholder"), None) if graph is not None else None
+    value = first.meta.get("val") if first is not None else None
+    if not torch.is_tensor(value):
+        return ""
+    dims = [str(d) if isinstance(d, int) else "batch" if i == 0 else "?" for i, d in enumerate(value.shape)]
+    return f"; it expects ({', '.join(dims)})"
