@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from edgecompress import zoo
-from edgecompress.data import DataSpec, load_task
+from edgecompress.data import data_spec, load_task
 from edgecompress.quant.actquant import QuantizedOutput, find_blocks, install, noisyquant_search, pow2, uniform
 from edgecompress.quant.dqa import RANK_BITS, rank_channels, set_dqa, storage_report
 from edgecompress.train import accuracy, train
@@ -227,7 +227,7 @@ def main() -> None:
         args.archs, args.bits, args.epochs = ["resnet20"], [3, 4], 4
     args.noisyquant_bits = args.noisyquant_bits or args.bits
     torch.set_num_threads(1)
-    task = load_task(DataSpec(dataset=args.dataset))
+    task = load_task(data_spec(dataset=args.dataset))
     results, tgts = {}, []
     for arch in args.archs:
         seeds = [run_seed(arch, task, args, s) for s in range(args.seed, args.seed + args.seeds)]

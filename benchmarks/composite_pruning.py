@@ -27,7 +27,7 @@ import torch
 import edgecompress as ec
 from edgecompress import zoo
 from edgecompress.context import StageContext
-from edgecompress.data import DataSpec, load_task
+from edgecompress.data import data_spec, load_task
 from edgecompress.export.onnx import export_onnx
 from edgecompress.measure import count_macs, count_nonzero, count_params
 from edgecompress.portfolio import Portfolio, Server, least_contended
@@ -185,7 +185,7 @@ def main() -> None:
         (RESULTS / f"composite_pruning{suffix}.md").write_text(markdown(saved, saved["command"]))
         return
     torch.set_num_threads(args.threads)
-    task = load_task(DataSpec(dataset=args.dataset))
+    task = load_task(data_spec(dataset=args.dataset))
     config = {k: v for k, v in vars(args).items()}
     with tempfile.TemporaryDirectory(prefix="composite-") as tmp:
         work = Path(tmp)

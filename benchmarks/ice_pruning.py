@@ -28,7 +28,7 @@ import torch_pruning as tp
 from edgecompress import zoo
 from edgecompress.baseline import cache_dir
 from edgecompress.context import StageContext
-from edgecompress.data import DataSpec, load_task
+from edgecompress.data import data_spec, load_task
 from edgecompress.measure.counts import count_macs, count_params
 from edgecompress.prune.analysis import build_graph, output_layers, resolve_layers
 from edgecompress.prune.iterative import IterativeConfig, Setup, finetune_step, prepare
@@ -166,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    task = load_task(DataSpec(dataset=args.dataset))
+    task = load_task(data_spec(dataset=args.dataset))
     model = baseline(args, task)
     args.plan_steps = len(prepare(model, task, None, IterativeConfig(target_ratio=args.target_ratio, mode=args.mode,
                                   steps=args.steps, ignored_layers=args.ignored), "benchmark").plan.steps)

@@ -26,7 +26,7 @@ import edgecompress as ec
 import edgecompress.prune  # registers prune.* before recover.*
 from edgecompress import zoo
 from edgecompress.context import StageContext
-from edgecompress.data import DataSpec, load_task
+from edgecompress.data import data_spec, load_task
 from edgecompress.registry import get
 from edgecompress.train import train
 
@@ -63,7 +63,7 @@ def run_method(stage: str, config: dict, pruned, dense, task, seed: int) -> dict
 
 
 def bench_arch(arch: str, args) -> list[dict]:
-    task = load_task(DataSpec(dataset=args.dataset))
+    task = load_task(data_spec(dataset=args.dataset))
     dense = zoo.build(arch, task.input_shape, task.num_classes, **ARCHS[arch])
     start = time.perf_counter()
     train(dense, task, epochs=args.base_epochs, lr=0.05, seed=0, progress=False)

@@ -38,7 +38,7 @@ import torch
 import edgecompress as ec
 from edgecompress import baseline
 from edgecompress.data import load_task
-from edgecompress.data.task import Task, torch_predictor
+from edgecompress.tasks import Task, torch_predictor
 from edgecompress.export.artifact import Artifact
 from edgecompress.export.onnx import export_onnx
 from edgecompress.measure.latency import benchmark

@@ -29,13 +29,13 @@ MODELS = {
 
 def _rows(name: str, model_spec: dict, out: Path) -> list[dict]:
     from edgecompress import baseline
-    from edgecompress.data import DataSpec, load_task
+    from edgecompress.data import data_spec, load_task
     from edgecompress.measure.runtimes import compare_runtimes
     from edgecompress.recipe import parse_recipe
     from edgecompress.settings import ExportSettings
 
     recipe = parse_recipe({"name": "runtimes", "model": model_spec, "data": {"dataset": "mnist5k"}, "stages": []})
-    task = load_task(DataSpec(dataset="mnist5k"))
+    task = load_task(data_spec(dataset="mnist5k"))
     model = baseline.load(recipe, task, progress=False)
     settings = ExportSettings(threads=1, batch=1, warmup=20, repeats=300)
     rows = compare_runtimes(model, task, settings, out / name.split()[0], int8=True, throughput_batch=32)

@@ -23,7 +23,7 @@ import torch
 
 from edgecompress import baseline, zoo
 from edgecompress.context import StageContext
-from edgecompress.data import DataSpec, load_task
+from edgecompress.data import data_spec, load_task
 from edgecompress.export.onnx import export_onnx
 from edgecompress.measure.latency import benchmark
 from edgecompress.recipe import load_recipe
@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=300, help="timed runs per latency measurement")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    task = load_task(DataSpec(dataset="mnist5k"))
+    task = load_task(data_spec(dataset="mnist5k"))
     wall, cpu = time.perf_counter(), time.process_time()
     work = Path(tempfile.mkdtemp(prefix="ec-weight-quant-"))
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch 1 thread",

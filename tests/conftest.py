@@ -20,9 +20,9 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_task():
-    from edgecompress.data import DataSpec, load_task
+    from edgecompress.data import data_spec, load_task
 
-    return load_task(DataSpec(dataset="digits"))
+    return load_task(data_spec(dataset="digits"))
 
 
 @pytest.fixture(scope="session")

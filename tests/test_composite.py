@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 import edgecompress as ec
 from edgecompress import zoo
 from edgecompress.context import StageContext
-from edgecompress.data.task import Task
+from edgecompress.tasks import ClassificationTask, Task
 from edgecompress.measure import count_params
 from edgecompress.portfolio import Portfolio, Server
 from edgecompress.prune.pai import PaIConfig, pai_scores
@@ -98,7 +98,7 @@ def test_shifter_nothing_to_remove_and_unsupported_layers():
 def _tiny_task(n: int = 16) -> Task:
     gen = torch.Generator().manual_seed(0)
     ds = TensorDataset(torch.randn(n, 4, generator=gen), torch.randint(0, 2, (n,), generator=gen))
-    return Task("tiny", ds, ds, ds, (4,), 2)
+    return ClassificationTask("tiny", ds, ds, ds, (4,), 2)
 
 
 def _flat_rank(scores: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from edgecompress import zoo
 from edgecompress.context import StageContext
-from edgecompress.data.task import Task
+from edgecompress.tasks import ClassificationTask
 from edgecompress.errors import EdgeCompressError
 from edgecompress.quant import actstore
 from edgecompress.quant.actquant import QuantizedOutput, noisy, pow2, uniform
@@ -102,13 +102,13 @@ def test_bits_out_of_range_are_clear_errors(bits):
 
 def test_calibration_set_too_small(digits_task):
     x, y = digits_task.train.tensors
-    tiny = Task("tiny", torch.utils.data.TensorDataset(x[:10], y[:10]), digits_task.val, digits_task.test,
+    tiny = ClassificationTask("tiny", torch.utils.data.TensorDataset(x[:10], y[:10]), digits_task.val, digits_task.test,
                 digits_task.input_shape, 10)
     model = zoo.build("resnet20", digits_task.input_shape, 10, width=0.25)
     stage = get("quant.dqa")
     with pytest.raises(EdgeCompressError, match="calibration samples"):
         stage(model, stage.config(), StageContext(task=tiny, progress=False))
-    small = Task("small", torch.utils.data.TensorDataset(x[:40], y[:40]), digits_task.val, digits_task.test,
+    small = ClassificationTask("small", torch.utils.data.TensorDataset(x[:40], y[:40]), digits_task.val, digits_task.test,
                  digits_task.input_shape, 10)
     with pytest.warns(UserWarning, match="calib_samples=256"):
         stage(model, stage.config(ranking_samples=16), StageContext(task=small, progress=False))

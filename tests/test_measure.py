@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from edgecompress.data.task import Task
+from edgecompress.tasks import ClassificationTask, Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export import Artifact, export
 from edgecompress.measure import (
@@ -53,7 +53,7 @@ def tiny_task(has_labels: bool = True) -> Task:
     def split(n: int) -> TensorDataset:
         return TensorDataset(torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g))
 
-    return Task("tiny", split(32), split(16), split(40), (3, 8, 8), 4, has_labels=has_labels)
+    return ClassificationTask("tiny", split(32), split(16), split(40), (3, 8, 8), 4, has_labels=has_labels)
 
 
 FAST = ExportSettings(warmup=2, repeats=5)

@@ -11,7 +11,7 @@ import edgecompress as ec
 import edgecompress.prune  # (before edgecompress.recover: prune.reconvene imports recover.finetune)
 from edgecompress import zoo
 from edgecompress.context import StageContext
-from edgecompress.data.task import Task
+from edgecompress.tasks import ClassificationTask, Task
 from edgecompress.measure import count_macs
 from edgecompress.recover.datafree import synthesize
 from edgecompress.recover.flops import gram_flops, solve_flops
@@ -22,7 +22,7 @@ from edgecompress.train import accuracy, train
 
 def _task(x: torch.Tensor) -> Task:
     data = TensorDataset(x, torch.zeros(len(x), dtype=torch.long))
-    return Task("toy", data, data, data, tuple(x.shape[1:]), 2)
+    return ClassificationTask("toy", data, data, data, tuple(x.shape[1:]), 2)
 
 
 def _run(method: str, model: nn.Module, task: Task | None, teacher: nn.Module, **config):
@@ -122,7 +122,7 @@ def test_finetune_reports_flops_and_labels():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     x = torch.randn(40, 1, 4, 4)
     data = TensorDataset(x, (x.sum((1, 2, 3)) > 0).long())
-    task = Task("toy", data, data, data, (1, 4, 4), 2)
+    task = ClassificationTask("toy", data, data, data, (1, 4, 4), 2)
     _, info = _run("finetune", model, task, model, epochs=2)
     assert info["recovery_flops"] == 3 * 2 * 32 * 40 * 2 and info["labels_used"] == 40
 

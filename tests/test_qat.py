@@ -12,7 +12,7 @@ from test_quant import SharedReLU  # one ReLU instance used twice: PT2E cannot q
 from torch import nn
 
 from edgecompress.context import StageContext
-from edgecompress.data.task import Task
+from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.quant.qat import QATConfig, convert, export_int8, float_copy, train_qat
 from edgecompress.recipe import parse_recipe

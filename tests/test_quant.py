@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import onnx
@@ -14,7 +13,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from edgecompress.context import StageContext
-from edgecompress.data.task import Task
+from edgecompress.tasks import ClassificationTask, Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
 from edgecompress.export.onnx import export_onnx
@@ -181,7 +180,7 @@ def test_ptq_needs_at_least_eight_calibration_samples(trained, digits_task):
     with pytest.raises(ValidationError, match="calib_samples"):
         get("quant.ptq").config(calib_samples=4)
     x, y = digits_task.train.tensors
-    tiny = dataclasses.replace(digits_task, train=TensorDataset(x[:5], y[:5]))
+    tiny = digits_task.with_splits("tiny", train=TensorDataset(x[:5], y[:5]))
     with pytest.raises(EdgeCompressError, match="only 5 calibration samples"):
         get("quant.ptq")(trained, get("quant.ptq").config(), StageContext(task=tiny))
 
@@ -210,7 +209,7 @@ def test_reduce_range_avoids_u8s8_saturation(tmp_path):
     x = torch.rand(64, 1, 6, 6)
     x[:, :, :3] = 1.0  # bright rows: maximal uint8 activations
     data = TensorDataset(x, torch.zeros(64, dtype=torch.long))
-    task = Task("bright", data, data, data, (1, 6, 6), 4)
+    task = ClassificationTask("bright", data, data, data, (1, 6, 6), 4)
     expected = conv(x[:8]).detach().numpy()
 
     def max_rel_error(reduce_range: str) -> float:

@@ -10,7 +10,7 @@ import torch.nn.utils.prune as tprune
 from torch import nn
 
 from edgecompress.context import StageContext
-from edgecompress.data.task import Task
+from edgecompress.tasks import ClassificationTask
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_params
 from edgecompress.registry import get
@@ -73,7 +73,7 @@ def test_train_keeps_masks_frozen_params_and_batch_cap(digits_task):
 
 
 def test_train_without_labels_needs_a_teacher(digits_task):
-    unlabeled = Task("x", digits_task.train, digits_task.val, digits_task.test, (1, 8, 8), 10, has_labels=False)
+    unlabeled = ClassificationTask("x", digits_task.train, digits_task.val, digits_task.test, (1, 8, 8), 10, has_labels=False)
     with pytest.raises(EdgeCompressError, match="no labels"):
         train(tiny_cnn(), unlabeled, epochs=1, lr=0.01, progress=False)
     history = train(tiny_cnn(), unlabeled, epochs=1, lr=0.01, teacher=tiny_cnn(), alpha=1.0, max_batches=2,

@@ -12,8 +12,8 @@ from torch import nn
 
 from edgecompress import registry
 from edgecompress.context import StageContext, StageOutput
-from edgecompress.data.datasets import DataSpec, load_task
-from edgecompress.data.task import Task
+from edgecompress.data import DataSpec, data_spec, load_task
+from edgecompress.tasks import Task
 from edgecompress.pipeline import Pipeline, RunResult
 from edgecompress.recipe import Recipe, load_recipe, parse_recipe
 from edgecompress.settings import ExportSettings
@@ -34,7 +34,7 @@ def _as_task(task: TaskLike, recipe: Recipe) -> Task:
     if isinstance(task, Task):
         return task
     if isinstance(task, str):
-        return load_task(DataSpec(dataset=task))
+        return load_task(data_spec(dataset=task))
     return load_task(task or recipe.data)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from edgecompress import zoo
 from edgecompress.checkpoint import load_model, save_model
-from edgecompress.data.task import Task
+from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.recipe import ModelSection, Recipe
 from edgecompress.ui import console
@@ -49,6 +49,12 @@ def load(recipe: Recipe, task: Task, *, trust_pickle: bool = False, train: bool 
     A model to train is checked against the task first (see ``validate.check_model_and_task``), so a
     mismatch fails before training rather than after it. A damaged cache entry is named and retrained."""
     spec = recipe.model
+    if task.num_classes is None and spec.zoo is not None:
+        raise EdgeCompressError(f"data {task.name!r} has no labels, so the zoo model's number of outputs is unknown",
+                                where="data.num_classes", fix="set data.num_classes to the model's output count")
+    if not task.has_labels and spec.pretrain is not None and spec.weights is None:
+        raise EdgeCompressError(f"cannot pretrain on data {task.name!r}: it has no labels", where="model.pretrain",
+                                fix="give the model's trained weights (model.weights), or use labelled data")
     model = load_from_spec(spec, task.input_shape, task.num_classes, trust_pickle=trust_pickle)
     if not train or spec.pretrain is None or spec.weights is not None:
         return model

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from edgecompress.errors import EdgeCompressError
@@ -23,7 +24,7 @@ out_console = type(console)(width=None if sys.stdout.isatty() else 150)
 def _fail(err: EdgeCompressError | ValidationError) -> None:
     if isinstance(err, ValidationError):  # a spec built from command-line arguments
         err = EdgeCompressError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors()))
-    console.print(f"[bold red]error:[/] {err}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)  # paths stay whole
     raise typer.Exit(2)
 
 
@@ -215,11 +216,11 @@ def portfolio(
     memory_mb: float | None = typer.Option(None, "--memory-mb", help="peak-memory budget: say which level serves"),
 ) -> None:
     """Shift every portfolio level to a smaller dense model, export both, and print size/MACs/latency per level."""
-    from edgecompress.data import DataSpec, load_task
+    from edgecompress.data import data_spec, load_task
     from edgecompress.portfolio import Portfolio, Server
 
     try:
-        task = load_task(DataSpec(dataset=data)) if data else None
+        task = load_task(data_spec(dataset=data)) if data else None
         pf = Portfolio.from_dir(path, out, task)
     except EdgeCompressError as err:
         _fail(err)
@@ -253,7 +254,7 @@ def main() -> None:
     except Exception as err:  # noqa: BLE001 - a bug, not bad input: say so, and how to see the traceback
         if os.environ.get("EDGECOMPRESS_DEBUG"):
             raise
-        console.print(f"[bold red]error:[/] internal error {type(err).__name__}: {err}\n"
+        console.print(f"[bold red]error:[/] internal error {type(err).__name__}: {escape(str(err))}\n"
                       "  how to fix: this is a bug in edgecompress, not in your input; rerun with "
-                      "EDGECOMPRESS_DEBUG=1 to see the traceback, and report it", highlight=False)
+                      "EDGECOMPRESS_DEBUG=1 to see the traceback, and report it", highlight=False, soft_wrap=True)
         sys.exit(3)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from edgecompress.data.task import Task
+    from edgecompress.tasks import Task
     from edgecompress.export.artifact import Artifact
 
 

@@ -21,7 +21,7 @@ from edgecompress import baseline, registry, rundir, validate
 from edgecompress.checkpoint import load_model, save_model
 from edgecompress.context import StageContext, StageOutput
 from edgecompress.data.datasets import load_task
-from edgecompress.data.task import Task
+from edgecompress.tasks import Task
 from edgecompress.export import Artifact, export
 from edgecompress.measure import layer_table, measure
 from edgecompress.recipe import Recipe
@@ -135,6 +135,8 @@ class Pipeline:
             self.task = load_task(self.recipe.data)  # checks the data as it loads
         else:
             validate.check_task(self.task, f"data ({self.task.name})")
+        for i, entry in enumerate(self.recipe.stages):
+            registry.get(entry.method).check_task(entry.config, self.task, where=f"stages[{i}] ({entry.name})")
         model = None if self.resume else self._load_baseline()
         with rundir.Workspace(self.out, resume=self.resume) as workspace:
             handler = logging.FileHandler(self.out / "run.log")
@@ -156,6 +158,7 @@ class Pipeline:
         model = (copy.deepcopy(self.user_model) if self.user_model is not None else
                  baseline.load(self.recipe, self.task, trust_pickle=self.trust_pickle, progress=self.progress))
         validate.check_model_and_task(model, self.task)
+        self.task.bind_reference(model)
         self.baseline_seconds = time.perf_counter() - start
         return model
 
@@ -194,6 +197,7 @@ class Pipeline:
         model_name = (r.model.zoo or r.model.callable or "file") if r.model else type(self.user_model).__name__
         return {"recipe": r.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": r.seed,
                 "model": model_name, "dataset": self.task.name,
+                "task": {"kind": self.task.kind, "metric": self.task.metric},
                 "export": self.export.model_dump(), "targets": r.targets.model_dump(), "history": history,
                 **({"runtime_choice": self.runtime_choice} if self.runtime_choice else {}), **extra}
 
@@ -212,6 +216,7 @@ class Pipeline:
         if history:
             console.print(f"resuming after stage {history[-1]['index']} ({history[-1]['name']})")
             teacher, model = self._checkpoint(history[0]), self._checkpoint(history[-1])
+            self.task.bind_reference(teacher)
             doc = rundir.read_json(self.out / rundir.METRICS)  # the export settings the run resolved and used
             self.export, self.runtime_choice = ExportSettings(**doc["export"]), doc.get("runtime_choice")
         else:
@@ -246,9 +251,9 @@ class Pipeline:
         artifact = Artifact(dest / artifact.path.name, artifact.format, artifact.runtime, artifact.precision,
                             [dest / p.name for p in artifact.extra_files])
         save_model(model, dest)
-        summary = summarize(history)
+        summary = summarize(history, self.task.metric)
         summary["run_seconds"] = round(time.perf_counter() - started, 2)
-        results = checks(history, self.recipe.targets)
+        results = checks(history, self.recipe.targets, self.task.metric)
         self._save(history, {"summary": summary, "checks": results})
         report = None
         if self.make_report:

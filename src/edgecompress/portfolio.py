@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edgecompress.checkpoint import load_model
-from edgecompress.data.task import Task
+from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.onnx import export_onnx
 from edgecompress.measure import benchmark, count_macs, count_params

@@ -19,31 +19,22 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from edgecompress import registry
-from edgecompress.data.datasets import DataSpec
+from edgecompress.data.options import DATA_OPTIONS, DataSpec, Mnist5kData
 from edgecompress.errors import EdgeCompressError
 from edgecompress.registry import StageConfig
+from edgecompress.safeyaml import Path_, load_yaml, read_text, shown
 from edgecompress.settings import ExportSettings
 from edgecompress.zoo.loading import ModelSpec
 
-Path_ = tuple[str | int, ...]
 Error = tuple[Path_, str]  # key path, message
 
-MAX_BYTES = 2**20  # a recipe is a few hundred bytes
-MAX_NODES = 10_000  # YAML values once aliases are expanded (a recipe has a few dozen)
-MAX_DEPTH = 64  # nesting levels of lists and mappings
 _MAX_SHOWN = 20  # errors listed in one message
-
-
-def _shown(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _check_slug(value: str) -> str:
     """``value`` if it is safe as (part of) a folder name."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value) or ".." in value:
-        raise ValueError(f"{_shown(value)} is not a safe name: it names a folder, so use 1 to 64 letters, digits, '.', "
+        raise ValueError(f"{shown(value)} is not a safe name: it names a folder, so use 1 to 64 letters, digits, '.', "
                          "'_' or '-', starting with a letter or digit, without '..'")
     return value
 
@@ -70,7 +61,9 @@ class Targets(BaseModel):
     """What the run must achieve; checked on the final artifact against the baseline."""
 
     model_config = ConfigDict(extra="forbid")
-    max_accuracy_drop: float | None = Field(1.0, ge=0, description="max accuracy drop in percentage points")
+    max_accuracy_drop: float | None = Field(1.0, ge=0, description=(
+        "max drop of the task's headline metric in percentage points (accuracy; on unlabeled data, top-1 "
+        "agreement with the original model)"))
     min_size_reduction: float | None = Field(None, gt=0, description="min (baseline bytes / final bytes)")
     min_macs_reduction: float | None = Field(None, gt=0, description="min (baseline MACs / final MACs)")
     max_latency_ms: float | None = Field(None, gt=0, description="max p50 latency of the final artifact")
@@ -94,7 +87,7 @@ class Recipe(BaseModel):
     name: Slug = Field("recipe", description="shown in reports and default run directory names")
     seed: int = Field(0, ge=0, lt=2**32, description="seed of the run; stage i uses seed + i")
     model: ModelSection | None = Field(None, description="the model (omit when passing one from Python)")
-    data: DataSpec = Field(default_factory=DataSpec, description="dataset and splits")
+    data: DataSpec = Field(default_factory=Mnist5kData, description="dataset and splits")
     stages: list[StageEntry] = Field(default_factory=list, description="ordered compression stages")
     targets: Targets = Field(default_factory=Targets)
     export: ExportSettings = Field(default_factory=ExportSettings)
@@ -188,8 +181,16 @@ def _describe(error: dict, model: type[BaseModel] | None) -> str:
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"unknown key {key!r}; {hint}allowed keys: {', '.join(model.model_fields)}"
     if error["type"] not in ("missing", "value_error") and "input" in error:
-        msg += f" (got {_shown(error['input'])})"
+        msg += f" (got {shown(error['input'])})"
     return msg
+
+
+def _recipe_error(error: dict) -> Error:
+    """A pydantic error of the recipe as (key path, message); ``data``'s errors name the dataset's own options."""
+    loc = tuple(error["loc"])
+    if len(loc) > 2 and loc[0] == "data" and loc[1] in DATA_OPTIONS:  # tagged union: loc[1] is the dataset name
+        return ("data", *loc[2:]), _describe(error, _model_at(DATA_OPTIONS[loc[1]], loc[2:-1]))
+    return loc, _describe(error, _model_at(Recipe, loc[:-1]))
 
 
 def _model_at(root: type[BaseModel] | None, path: Path_) -> type[BaseModel] | None:
@@ -234,7 +235,7 @@ def _raise(source: str, errors: list[Error], lines: dict[Path_, int]) -> None:
 
 def parse_recipe(data: Any, source: str = "<recipe>", text: str | None = None) -> Recipe:
     """Validate a recipe given as a dict (``text``, when given, is the YAML it came from, for line numbers)."""
-    return _validate(data, source, _load_yaml(text, source)[1] if text else {})
+    return _validate(data, source, load_yaml(text, source)[1] if text else {})
 
 
 def _validate(data: Any, source: str, lines: dict[Path_, int]) -> Recipe:
@@ -245,7 +246,7 @@ def _validate(data: Any, source: str, lines: dict[Path_, int]) -> Recipe:
     try:
         recipe = Recipe.model_validate({**data, "stages": [] if errors else stages})
     except ValidationError as err:
-        errors += [(tuple(e["loc"]), _describe(e, _model_at(Recipe, tuple(e["loc"])[:-1]))) for e in err.errors()]
+        errors += [_recipe_error(e) for e in err.errors()]
     if errors:
         _raise(source, errors, lines)
     return recipe
@@ -258,162 +259,17 @@ def load_recipe(path: str | Path) -> Recipe:
         packaged = resources.files("edgecompress") / "recipes" / f"{path.name}.yaml"
         if packaged.is_file():
             source = f"{path.name} (packaged)"
-            data, lines = _load_yaml(packaged.read_text(), source)
+            data, lines = load_yaml(packaged.read_text(), source)
             return _validate(data, source, lines)
     if not path.is_file():
         raise EdgeCompressError(
             "recipe file not found", where=str(path),
             fix=f"check the path; packaged recipes: {', '.join(packaged_recipes())}",
         )
-    data, lines = _load_yaml(_read_text(path), str(path))
+    data, lines = load_yaml(read_text(path), str(path))
     return _validate(data, str(path), lines)
 
 
 def packaged_recipes() -> list[str]:
     folder = resources.files("edgecompress") / "recipes"
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def _read_text(path: Path) -> str:
-    """The text of the recipe file: at most MAX_BYTES of UTF-8."""
-    try:
-        with path.open("rb") as file:
-            raw = file.read(MAX_BYTES + 1)
-    except OSError as err:
-        raise EdgeCompressError(f"cannot read the recipe: {err.strerror or err}", where=str(path),
-                                fix="check that the file is readable") from None
-    if len(raw) > MAX_BYTES:
-        raise EdgeCompressError(f"the recipe is larger than {MAX_BYTES // 2**20} MiB", where=str(path),
-                                fix="a recipe is a short YAML file: check that this is the file you meant") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[:err.start].count(b"\n") + 1
-        raise EdgeCompressError(f"the recipe is not UTF-8 text (byte {raw[err.start]:#04x} on line {line})",
-                                where=f"{path}:{line}", fix="save the file as UTF-8") from None
-
-
-# ---- YAML --------------------------------------------------------------------------------------------------
-
-
-class _RefusedYAML(yaml.MarkedYAMLError):
-    """A document the recipe loader refuses, with how to fix it."""
-
-    def __init__(self, problem: str, mark: yaml.Mark, fix: str):
-        super().__init__(problem=problem, problem_mark=mark)
-        self.fix = fix
-
-
-def _short_tag(tag: str) -> str:
-    return tag.replace("tag:yaml.org,2002:", "!!")
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader bounded for untrusted input: MAX_NODES values with aliases expanded, MAX_DEPTH nesting levels,
-    no recursive aliases, and only plain values (no binary, set, ordered-map or custom tags; dates stay text)."""
-
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self._nodes = 0  # values so far, an alias counting as every value it stands for
-        self._depth = 0
-        self._sizes: dict[str, int] = {}  # anchor -> values under it, aliases expanded
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent):
-            node = super().compose_node(parent, index)  # raises for an undefined alias
-            if event.anchor not in self._sizes:
-                raise _RefusedYAML(f"alias *{event.anchor} refers to a list or mapping that contains it",
-                                   event.start_mark, "remove the recursive alias")
-            self._count(self._sizes[event.anchor], event.start_mark)
-            return node
-        if self._depth >= MAX_DEPTH:
-            raise _RefusedYAML(f"lists and mappings nested more than {MAX_DEPTH} levels deep", event.start_mark,
-                               "flatten the recipe: its sections are a few levels deep")
-        start = self._nodes
-        self._count(1, event.start_mark)
-        self._depth += 1
-        try:
-            node = super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-        if event.anchor is not None:
-            self._sizes[event.anchor] = self._nodes - start
-        return node
-
-    def _count(self, nodes: int, mark: yaml.Mark) -> None:
-        self._nodes += nodes
-        if self._nodes > MAX_NODES:
-            raise _RefusedYAML(f"more than {MAX_NODES:,} values, counting each alias (*name) as the values it "
-                               "repeats; a recipe has a few dozen", mark,
-                               "check that this is a recipe; write repeated parts out instead of nesting aliases")
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep)
-        except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError):  # PyYAML's scalar constructors
-            value = f" {_shown(node.value)}" if isinstance(node, yaml.ScalarNode) else ""
-            raise _RefusedYAML(f"invalid {_short_tag(node.tag)} value{value}", node.start_mark,
-                               "give a value of that type, or remove the tag") from None
-
-    def _unsupported_tag(self, node: yaml.Node) -> Any:
-        raise _RefusedYAML(f"unsupported YAML tag {_short_tag(node.tag)}", node.start_mark,
-                           "remove the tag: a recipe holds plain text, numbers, booleans, null, lists and mappings")
-
-
-for _tag in (None, "tag:yaml.org,2002:binary", "tag:yaml.org,2002:set", "tag:yaml.org,2002:omap",
-             "tag:yaml.org,2002:pairs"):
-    _RecipeLoader.add_constructor(_tag, _RecipeLoader._unsupported_tag)
-_RecipeLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
-
-
-def _load_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
-    """The document in ``text`` and the line of each key path, read with the bounded loader."""
-    try:
-        root, data = _parse_yaml(text)
-    except yaml.YAMLError as err:
-        raise _yaml_error(err, source, text) from None
-    return data, _line_map(root)
-
-
-def _parse_yaml(text: str) -> tuple[yaml.Node | None, Any]:
-    loader = _RecipeLoader(text)
-    try:
-        root = loader.get_single_node()
-        return root, None if root is None else loader.construct_document(root)
-    finally:
-        loader.dispose()
-
-
-def _yaml_error(err: yaml.YAMLError, source: str, text: str) -> EdgeCompressError:
-    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-    if mark is not None:
-        line = mark.line + 1
-    elif isinstance(err, yaml.reader.ReaderError):
-        line = text[:err.position].count("\n") + 1
-    else:
-        line = None
-    problem = getattr(err, "problem", None) or getattr(err, "reason", None) or str(err)
-    what = problem if isinstance(err, _RefusedYAML) else f"malformed YAML: {problem}"
-    fix = getattr(err, "fix", "fix the YAML syntax at that line (indentation, colons, quotes)")
-    return EdgeCompressError(what, where=f"{source}:{line}" if line else source, fix=fix)
-
-
-def _line_map(root: yaml.Node | None) -> dict[Path_, int]:
-    """Key path -> 1-based line, from the YAML node tree (a key's path maps to the key's line)."""
-    lines: dict[Path_, int] = {}
-
-    def walk(node: yaml.Node, path: Path_) -> None:
-        lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode):
-                    walk(value, (*path, key.value))
-                    lines[(*path, key.value)] = key.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, (*path, i))
-
-    if root is not None:
-        walk(root, ())
-    return lines

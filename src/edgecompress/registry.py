@@ -21,15 +21,21 @@ if TYPE_CHECKING:
     from torch import nn
 
     from edgecompress.context import StageContext, StageOutput
+    from edgecompress.tasks import Task
 
 # Subpackages whose import registers the built-in stages. A new capability adds its package here.
 BUILTIN_PACKAGES = ("edgecompress.prune", "edgecompress.recover", "edgecompress.quant")
+ALL_TASK_KINDS = ("classification", "unlabeled")  # every Task.kind there is; a stage narrows it at registration
 
 
 class StageConfig(BaseModel):
     """Base of every stage config: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def labels_needed(self) -> str | None:
+        """Why this configuration of the stage needs labelled data (None: it runs on unlabeled data too)."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class Stage:
     config: type[StageConfig]
     fn: Callable[..., Any]
     produces_artifact: bool = False  # True: the stage yields the deployable artifact and must come last
+    task_kinds: tuple[str, ...] = ALL_TASK_KINDS  # the task kinds (Task.kind) the stage can work on
 
     @property
     def summary(self) -> str:
@@ -48,18 +55,33 @@ class Stage:
     def __call__(self, model: nn.Module, config: StageConfig, ctx: StageContext) -> nn.Module | StageOutput:
         return self.fn(model, config, ctx)
 
+    def check_task(self, config: StageConfig, task: Task, where: str | None = None) -> None:
+        """Refuse, before any work, a task of a kind the stage does not support or without labels it needs."""
+        where = where or self.name
+        if task.kind not in self.task_kinds:
+            raise EdgeCompressError(f"stage {self.name!r} does not work on {task.kind} tasks (data {task.name!r})",
+                                    where=where, fix=f"it supports: {', '.join(self.task_kinds)}; remove the stage "
+                                                     "or use data of a supported kind")
+        reason = config.labels_needed()
+        if reason and not task.has_labels:
+            from edgecompress.tasks.unlabeled import LABEL_FREE_STAGES
+
+            raise EdgeCompressError(f"stage {self.name!r} needs labels ({reason}), but data {task.name!r} has none",
+                                    where=where, fix=f"use labelled data, or a label-free stage: {LABEL_FREE_STAGES}")
+
 
 _STAGES: dict[str, Stage] = {}
 _loaded = False
 
 
-def register(name: str, config: type[StageConfig], *, produces_artifact: bool = False):
-    """Decorator that registers ``fn(model, config, ctx)`` as the stage ``name``."""
+def register(name: str, config: type[StageConfig], *, produces_artifact: bool = False,
+             task_kinds: tuple[str, ...] = ALL_TASK_KINDS):
+    """Decorator that registers ``fn(model, config, ctx)`` as the stage ``name`` (for tasks of ``task_kinds``)."""
 
     def wrap(fn):
         if name in _STAGES and _STAGES[name].fn is not fn:
             raise ValueError(f"stage {name!r} is registered twice ({_STAGES[name].fn} and {fn})")
-        _STAGES[name] = Stage(name, config, fn, produces_artifact)
+        _STAGES[name] = Stage(name, config, fn, produces_artifact, task_kinds)
         return fn
 
     return wrap

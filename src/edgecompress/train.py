@@ -13,7 +13,7 @@ import torch.nn.utils.prune
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from edgecompress.data.task import Task
+from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.ui import progress as progress_bar
 
@@ -78,17 +78,17 @@ def _teacher_logits(teacher: nn.Module, inputs: torch.Tensor, device: torch.devi
     return torch.cat([teacher(inputs[i : i + batch_size].to(device)) for i in range(0, len(inputs), batch_size)])
 
 
-def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None,
-          has_labels: bool, temperature: float, alpha: float,
-          loss_weights: tuple[float, float] | None = None) -> torch.Tensor:
-    logits = model(x)
+def _loss(model: nn.Module, task: Task, batch: list[torch.Tensor], teacher_logits: torch.Tensor | None,
+          temperature: float, alpha: float, loss_weights: tuple[float, float] | None = None) -> torch.Tensor:
+    """The task's loss, or with a teacher the distillation loss whose hard term is the task's loss."""
     if teacher_logits is None:
-        return F.cross_entropy(logits, y)
-    if loss_weights is not None and has_labels:
-        hard, soft = loss_weights
-        return hard * F.cross_entropy(logits, y) + soft * distillation_loss(logits, teacher_logits, None,
-                                                                            temperature, alpha)
-    return distillation_loss(logits, teacher_logits, y if has_labels else None, temperature, alpha)
+        return task.loss(model, batch)
+    logits = model(task.inputs(batch))
+    soft = distillation_loss(logits, teacher_logits, None, temperature, alpha)
+    if not task.has_labels:
+        return soft
+    hard_w, soft_w = loss_weights if loss_weights is not None else (1 - alpha, alpha)
+    return hard_w * task.output_loss(logits, batch) + soft_w * soft
 
 
 def train(
@@ -145,8 +145,8 @@ def train(
                 for step, (x, y, *soft) in enumerate(loader):
                     if step >= per_epoch:
                         break
-                    loss = _loss(model, x.to(device), y.to(device), soft[0].to(device) if soft else None,
-                                 task.has_labels, temperature, alpha, loss_weights)
+                    loss = _loss(model, task, [x.to(device), y.to(device)], soft[0].to(device) if soft else None,
+                                 temperature, alpha, loss_weights)
                     value = loss.item()
                     if not math.isfinite(value):
                         raise EdgeCompressError(f"{description}: the loss became {value} in epoch {epoch}",

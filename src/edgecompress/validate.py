@@ -18,7 +18,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.zoo.loading import check_input
 
 if TYPE_CHECKING:
-    from edgecompress.data.task import Task
+    from edgecompress.tasks import Task
 
 _SPLITS = ("train", "val", "test")
 _MAX_LISTED = 5  # names / values shown per problem

@@ -1,6 +1,7 @@
-"""Data: tasks (splits, input shape, metrics) and the datasets that load into them."""
+"""Data: the datasets that load into tasks (see :mod:`edgecompress.tasks`) and their recipe options."""
 
-from edgecompress.data.datasets import DATASETS, DataSpec, load_task
-from edgecompress.data.task import Task, torch_predictor
+from edgecompress.data.datasets import DATASETS, load_task
+from edgecompress.data.options import DataSpec, data_spec
+from edgecompress.data import user  # noqa: F401,E402  (registers the folder and tensors datasets)
 
-__all__ = ["DATASETS", "DataSpec", "Task", "load_task", "torch_predictor"]
+__all__ = ["DATASETS", "DataSpec", "data_spec", "load_task"]

@@ -13,7 +13,7 @@ from edgecompress.settings import ExportSettings
 if TYPE_CHECKING:
     from torch import nn
 
-    from edgecompress.data.task import Task
+    from edgecompress.tasks import Task
     from edgecompress.export.artifact import Artifact
 
 __all__ = ["benchmark", "count_macs", "count_nonzero", "count_params", "energy_per_sample", "layer_table", "measure"]
@@ -23,14 +23,14 @@ def measure(model: nn.Module, artifact: Artifact, task: Task, settings: ExportSe
             skip_latency: bool = False) -> dict[str, Any]:
     """All metrics of one compression result as one flat, JSON-serialisable dict.
 
-    accuracy / f1_macro: the ARTIFACT run in its runtime on the test split (left out when the task has no
-    labels). params / nonzero_params / macs: the PyTorch ``model`` on one sample. size_bytes: every artifact
+    task metrics (accuracy / f1_macro; on unlabeled data agreement_top1 / top5_overlap / output_cosine with the
+    original model): the ARTIFACT run in its runtime on the test split (left out when the task cannot judge). params / nonzero_params / macs: the PyTorch ``model`` on one sample. size_bytes: every artifact
     file. latency_p50_ms, latency_p95_ms, latency_mean_ms, throughput_sps, peak_memory_mb: ``benchmark`` with
     the settings' threads, batch, warmup and repeats (left out with ``skip_latency``). energy_mj /
     energy_source: RAPL when the benchmark could read it, else the labelled op-energy estimate.
     """
     result: dict[str, Any] = {}
-    if task.has_labels:
+    if task.can_evaluate:
         result.update(task.evaluate(artifact.runner(settings.threads), "test"))
     macs = count_macs(model, task.example_inputs(1))
     result.update(params=count_params(model), nonzero_params=count_nonzero(model), macs=macs,

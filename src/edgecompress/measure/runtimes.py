@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from edgecompress.data.task import Task
+from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
 from edgecompress.measure.latency import benchmark

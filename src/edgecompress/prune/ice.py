@@ -29,7 +29,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from edgecompress.context import StageContext
-from edgecompress.data.task import Task
+from edgecompress.tasks import Task
 from edgecompress.prune.analysis import prunable_layers
 from edgecompress.prune.iterative import (
     IterativeConfig,

@@ -11,7 +11,6 @@ else the one that loses least.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from edgecompress.data.task import Task
+from edgecompress.tasks import Task
 from edgecompress.train import accuracy
 
 GRID: dict[str, list[float]] = {
@@ -52,7 +51,7 @@ def subset_task(task: Task, fraction: float, min_samples: int, seed: int) -> Tas
         index = torch.randperm(len(data), generator=gen)[:count]
         return TensorDataset(*(t[index] for t in data.tensors))
 
-    return dataclasses.replace(task, name=f"{task.name}-subset", train=pick(task.train), val=pick(task.val))
+    return task.with_splits(f"{task.name}-subset", train=pick(task.train), val=pick(task.val))
 
 
 def search_settings(model: nn.Module, task: Task, teacher: nn.Module | None, config, *, ratio: float,

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from edgecompress.context import StageContext
-from edgecompress.data.task import Task
+from edgecompress.tasks import Task
 from edgecompress.measure.counts import count_macs, count_params
 from edgecompress.prune.analysis import ratio_or_macs_target
 from edgecompress.prune.steps import Plan, find_groups, make_plan, prune_group, ratio_for_macs
@@ -56,6 +56,9 @@ class IterativeConfig(StageConfig):
     @classmethod
     def _one_target(cls, data):
         return ratio_or_macs_target(data, "target_ratio")
+
+    def labels_needed(self) -> str | None:
+        return "it fine-tunes with the task's loss and judges steps by validation accuracy"
 
 
 class StepPolicy:

@@ -41,6 +41,10 @@ class LotteryConfig(StageConfig):
                            "prune the gamma/beta of the BatchNorm after it, so the filter outputs exactly zero "
                            "and prune.shifter can always remove it (otherwise its constant bias lives on)")
 
+    def labels_needed(self) -> str | None:
+        return "it trains every level with the task's loss"
+
+
 
 def _global_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
     """Extend ``masks`` by removing the ``rate`` fraction of the still-unmasked weights with the smallest |w|."""

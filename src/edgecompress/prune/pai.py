@@ -15,12 +15,11 @@ import copy
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from edgecompress.context import StageContext
-from edgecompress.data.task import Task
+from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.prune.magnitude import _target_layers
 from edgecompress.registry import StageConfig, register
@@ -39,6 +38,10 @@ class PaIConfig(StageConfig):
     iterations: int = Field(100, ge=1, le=10000, description="synflow: pruning rounds (exponential schedule)")
     exclude_classifier: bool = Field(True, description="leave the classifier (last Linear) dense")
 
+    def labels_needed(self) -> str | None:
+        return f"{self.score} scores with gradients of the task's loss; synflow, magnitude and random need no data" \
+            if self.score in ("snip", "grasp") else None
+
 
 def _batches(task: Task, n: int, batch_size: int, seed: int):
     for i, batch in enumerate(task.loader("train", batch_size=batch_size, shuffle=True, seed=seed)):
@@ -49,8 +52,8 @@ def _batches(task: Task, n: int, batch_size: int, seed: int):
 
 def _snip(model: nn.Module, layers: dict[str, nn.Module], task: Task, cfg: PaIConfig, seed: int):
     model.zero_grad(set_to_none=True)
-    for x, y in _batches(task, cfg.batches, cfg.batch_size, seed):
-        F.cross_entropy(model(x), y).backward()
+    for batch in _batches(task, cfg.batches, cfg.batch_size, seed):
+        task.loss(model, batch).backward()
     return {n: (m.weight.grad * m.weight).abs().detach() for n, m in layers.items()}
 
 
@@ -58,12 +61,12 @@ def _grasp(model: nn.Module, layers: dict[str, nn.Module], task: Task, cfg: PaIC
     weights = [m.weight for m in layers.values()]
     batches = list(_batches(task, cfg.batches, cfg.batch_size, seed))
     g = [torch.zeros_like(w) for w in weights]
-    for x, y in batches:  # g, held constant (stop-gradient)
-        for acc, gi in zip(g, torch.autograd.grad(F.cross_entropy(model(x), y), weights)):
+    for batch in batches:  # g, held constant (stop-gradient)
+        for acc, gi in zip(g, torch.autograd.grad(task.loss(model, batch), weights)):
             acc += gi
     hg = [torch.zeros_like(w) for w in weights]
-    for x, y in batches:  # Hg = d/dw (g_graph . g_const)
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), weights, create_graph=True)
+    for batch in batches:  # Hg = d/dw (g_graph . g_const)
+        grads = torch.autograd.grad(task.loss(model, batch), weights, create_graph=True)
         z = sum((gi * ci).sum() for gi, ci in zip(grads, g))
         for acc, h in zip(hg, torch.autograd.grad(z, weights)):
             acc += h

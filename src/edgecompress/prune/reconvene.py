@@ -21,13 +21,12 @@ import time
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 from pydantic import Field
 from torch import nn
 
 from edgecompress.context import StageContext
-from edgecompress.data.task import Task
+from edgecompress.tasks import Task
 from edgecompress.prune.analysis import build_graph, output_layers
 from edgecompress.prune.pai import PaIConfig, Score, pai_masks
 from edgecompress.registry import StageConfig, register
@@ -54,12 +53,15 @@ class ReconveneConfig(StageConfig):
                             "ceil(d * C) (smaller, less accurate)")
     min_channels: int = Field(2, ge=1, le=4096, description="a converted layer keeps at least this many channels")
 
+    def labels_needed(self) -> str | None:
+        return "its sensitivity probes train and score with the task's loss"
+
+
 
 def _loss(model: nn.Module, task: Task) -> float:
     model.eval()
-    x, y = task.val.tensors
     with torch.no_grad():
-        return float(F.cross_entropy(model(x), y))
+        return float(task.loss(model, task.val.tensors))
 
 
 def _structure(model: nn.Module, names: list[str], example: torch.Tensor, min_channels: int, rule: str = "sqrt") -> dict[str, list[int]]:

@@ -8,13 +8,12 @@ from contextlib import contextmanager
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 from pydantic import Field, model_validator
 from torch import nn
 
 from edgecompress.context import StageContext
-from edgecompress.data.task import Task
+from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs, count_params
 from edgecompress.prune.analysis import (
@@ -63,6 +62,11 @@ class StructuredConfig(StageConfig):
     def _one_target(cls, data):
         return ratio_or_macs_target(data, "ratio")
 
+    def labels_needed(self) -> str | None:
+        return "taylor importance uses gradients of the task's loss; l1, l2 and bn_scale need no data" \
+            if self.criterion == "taylor" else None
+
+
 
 def _importance(criterion: str) -> tp.importance.Importance:
     return {
@@ -74,14 +78,14 @@ def _importance(criterion: str) -> tp.importance.Importance:
 
 
 def _taylor_gradients(model: nn.Module, task: Task, batches: int, batch_size: int, seed: int) -> None:
-    """Accumulate dL/dw over a few training batches (cross-entropy) for TaylorImportance."""
+    """Accumulate dL/dw over a few training batches (the task's loss) for TaylorImportance."""
     device = next(model.parameters()).device
     model.zero_grad(set_to_none=True)
     loader = task.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
-    for i, (x, y) in enumerate(loader):
+    for i, batch in enumerate(loader):
         if i >= batches:
             break
-        F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        task.loss(model, [t.to(device) for t in batch]).backward()
 
 
 def _out_channels(model: nn.Module) -> dict[str, int]:

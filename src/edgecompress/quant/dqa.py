@@ -66,6 +66,11 @@ class DQAConfig(StageConfig):
     layers: list[str] = Field([], max_length=10_000, description="modules whose outputs are quantized "
                                                                  "(default: every residual block)")
 
+    def labels_needed(self) -> str | None:
+        return "ranking: accuracy ranks channels by labelled accuracy; ranking: mse needs no labels" \
+            if self.ranking == "accuracy" else None
+
+
 
 def rank_channels(model: nn.Module, wrappers: list[QuantizedOutput], x: torch.Tensor, y: torch.Tensor,
                   criterion: str, rank_bits: int = RANK_BITS, rows: int = SUFFIX_ROWS) -> list[list[int]]:

@@ -95,6 +95,12 @@ class QATConfig(StageConfig):
     exclude: list[str] = Field([], max_length=10_000, description="module names (as in model.named_modules()) "
                                                                   "kept in float")
 
+    def labels_needed(self) -> str | None:
+        if self.epochs and (self.distill is None or self.distill.alpha < 1):
+            return "it trains on the task's loss; `distill: {alpha: 1.0}` or `epochs: 0` needs no labels"
+        return None
+
+
 
 class QATModel(nn.Module):
     """The prepared PT2E graph behind ``train()``/``eval()``. An exported graph switches BN and dropout by

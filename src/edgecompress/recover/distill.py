@@ -35,6 +35,11 @@ class DistillStageConfig(StageConfig):
             raise ValueError(f"unknown zoo model {name!r}; known: {', '.join(zoo.names())}")
         return name
 
+    def labels_needed(self) -> str | None:
+        return "its loss has a cross-entropy term; alpha: 1.0 trains on the teacher's outputs alone" \
+            if self.alpha < 1 else None
+
+
 
 @register("distill", DistillStageConfig)
 def distill(model: nn.Module, config: DistillStageConfig, ctx: StageContext) -> nn.Module:

@@ -37,6 +37,11 @@ class FinetuneConfig(StageConfig):
     distill: DistillConfig | None = Field(None, description="also match the teacher's soft targets "
                                                              "(the model as it entered the recipe)")
 
+    def labels_needed(self) -> str | None:
+        if self.distill is None or self.distill.alpha < 1:
+            return "it trains on the task's loss; with `distill: {alpha: 1.0}` it learns the teacher's outputs alone"
+        return None
+
 
 @register("finetune", FinetuneConfig)
 def finetune(model: nn.Module, config: FinetuneConfig, ctx: StageContext) -> nn.Module:

@@ -23,6 +23,7 @@ from edgecompress.report.table import (
     number,
     stage_metrics,
     stage_rows,
+    visible,
 )
 
 # Headline cards: (summary key, label, unit, keyword that ties a target check to the card).
@@ -131,7 +132,8 @@ def render_report(metrics: dict) -> str:
         meta=[(label, value) for label, value in meta if value != DASH],
         setup=", ".join(part for part in setup if DASH not in part),
         cards=_cards(metrics) if isinstance(metrics.get("summary"), dict) else [],
-        columns=[(key, header) for key, header in COLUMNS if key not in ("stage", "precision")],  # shown together
+        columns=visible([(key, header) for key, header in COLUMNS if key not in ("stage", "precision")],  # shown
+                        stage_rows(metrics)),  # together
         rows=stage_rows(metrics),
         checks=checks,
         failed=sum(c["passed"] is False for c in checks),

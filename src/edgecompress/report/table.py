@@ -18,6 +18,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("stage", "Stage"),
     ("precision", "Precision"),
     ("accuracy", "Acc %"),
+    ("agreement", "Agree %"),  # unlabeled data: top-1 agreement with the original model
     ("f1", "F1 %"),
     ("params", "Params"),
     ("nonzero", "Non-zero"),
@@ -34,7 +35,7 @@ COLUMNS: list[tuple[str, str]] = [
 ]
 # Terminal headers wrap onto two lines to keep columns narrow; None leaves the column out (it stays in the HTML).
 TERMINAL_HEADERS = {
-    "precision": None, "f1": None, "accuracy": "Acc\n%", "nonzero": "Non-\nzero", "p50": "p50\nms", "p95": "p95\nms",
+    "precision": None, "f1": None, "accuracy": "Acc\n%", "agreement": "Agree\n%", "nonzero": "Non-\nzero", "p50": "p50\nms", "p95": "p95\nms",
     "throughput": "Samp.\n/s", "memory": "Mem\nMiB", "energy": "Energy\nmJ", "seconds": "Time\ns",
     "size_x": "Size\n×", "macs_x": "MACs\n×",
 }
@@ -131,6 +132,7 @@ def stage_rows(metrics: dict) -> list[dict[str, str]]:
             "stage": str(entry.get("name", DASH)),
             "precision": fmt_value(m.get("precision")),
             "accuracy": fmt_percent(m.get("accuracy")),
+            "agreement": fmt_percent(m.get("agreement_top1")),
             "f1": fmt_percent(m.get("f1_macro")),
             "params": fmt_count(m.get("params")),
             "nonzero": fmt_count(m.get("nonzero_params")),
@@ -148,18 +150,25 @@ def stage_rows(metrics: dict) -> list[dict[str, str]]:
     return rows
 
 
+def visible(columns: list[tuple[str, str]], rows: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """``columns`` less the headline metric a run does not have (a run has accuracy or agreement, not both)."""
+    return [(key, header) for key, header in columns
+            if not (key in ("accuracy", "agreement") and rows and all(row[key] == DASH for row in rows))]
+
+
 def stage_table(metrics: dict) -> Table:
     """A compact rich table (fits 120 columns) with one row per stage of the run."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold",
                   title="Stages", title_justify="left")
     columns = [(key, TERMINAL_HEADERS.get(key, header)) for key, header in COLUMNS]
-    columns = [(key, header) for key, header in columns if header]
+    rows = stage_rows(metrics)
+    columns = visible([(key, header) for key, header in columns if header], rows)
     for key, header in columns:
         if key == "stage":
             table.add_column(header, style="cyan", no_wrap=True, max_width=20, overflow="ellipsis")
         else:
             table.add_column(header, justify="right", no_wrap=True)
-    for row in stage_rows(metrics):
+    for row in rows:
         table.add_row(*(row[key] for key, _ in columns))
     return table
 

