@@ -102,7 +102,7 @@ def test_bits_out_of_range_are_clear_errors(bits):
 
 def test_calibration_set_too_small(digits_task):
     x, y = digits_task.train.tensors
-    tiny = ClassificationTask("tiny", torch.utils.data.TensorDataset(x[:10], y[:10]), digits_task.val, digits_task.test,
+    tiny = ClassificationTask("tiny", torch.utils.data.TensorDataset(x[:5], y[:5]), digits_task.val, digits_task.test,
                 digits_task.input_shape, 10)
     model = zoo.build("resnet20", digits_task.input_shape, 10, width=0.25)
     stage = get("quant.dqa")

@@ -14,8 +14,8 @@ from torch import nn
 from edgecompress import zoo
 from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
-from edgecompress.prune.analysis import build_graph
-from edgecompress.prune.shifter import fold_batchnorms
+from edgecompress.nn.bn import fold_batchnorms
+from edgecompress.nn.layers import build_graph
 from edgecompress.quant.equalize import (
     equalize,
     find_pairs,

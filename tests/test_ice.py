@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from edgecompress import zoo
 from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
-from edgecompress.prune.ice import IceConfig, ice_lr, recalibrate_bn, weight_nonzero
+from edgecompress.nn.bn import reestimate_bn
+from edgecompress.prune.ice import IceConfig, ice_lr, train_batches, weight_nonzero
 from edgecompress.prune.ice_search import budget_value, objective_value
 from edgecompress.prune.iterative import IterativeConfig, prepare
 from edgecompress.prune.steps import prune_group
@@ -151,7 +152,7 @@ def test_bn_recalibration_restores_accuracy_after_a_pruning_step(trained, digits
     stale = accuracy(setup.model, digits_task, "val")
     bn = setup.model.features[5]
     mean = bn.running_mean.clone()
-    recalibrate_bn(setup.model, digits_task, batches=4, batch_size=64, seed=0)
+    reestimate_bn(setup.model, train_batches(digits_task, 4, batch_size=64, seed=0))
     assert all(torch.equal(p, params[n]) for n, p in setup.model.named_parameters())  # statistics only
     assert not torch.allclose(bn.running_mean, mean) and bn.momentum == 0.1 and not setup.model.training
     assert accuracy(setup.model, digits_task, "val") > stale

@@ -17,7 +17,7 @@ from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
 from edgecompress.quant.mixed import plan
 from edgecompress.quant.weights import Hessian, QuantSpec, gptq, quantize_layers, rtn, write_weight_only_onnx
-from edgecompress.recover.capture import capture
+from edgecompress.nn.capture import capture
 from edgecompress.registry import get
 from edgecompress.settings import ExportSettings
 

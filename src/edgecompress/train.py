@@ -10,12 +10,31 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 import torch.nn.utils.prune
+from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
+from edgecompress.nn.layers import LAYER_TYPES
+from edgecompress.registry import StageConfig
+from edgecompress.tasks import Task
 from edgecompress.ui import progress as progress_bar
+
+
+class TrainSettings(StageConfig):
+    """Settings of :func:`train` shared by the stages that train a model (each adds its epochs and lr)."""
+
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (Nesterov momentum 0.9) or adam (AdamW)")
+    batch_size: int = Field(64, ge=1, le=65536, description="training batch size")
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="L2 weight decay (decoupled for adam)")
+
+
+class DistillConfig(StageConfig):
+    """Soft targets from the teacher (Hinton et al. 2015), mixed with the hard labels: the distillation
+    settings of every stage that trains through :func:`train`."""
+
+    temperature: float = Field(4.0, gt=0.0, le=100.0, description="softmax temperature of the soft targets")
+    alpha: float = Field(0.7, ge=0.0, le=1.0, description="weight of the soft-target loss (1 - alpha: labels)")
 
 
 def distillation_loss(
@@ -42,7 +61,7 @@ def mask_zeros(model: nn.Module) -> list[nn.Module]:
     keeps them zero; returns the masked modules (``torch.nn.utils.prune.remove`` them afterwards)."""
     masked = []
     for m in model.modules():
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and not hasattr(m, "weight_mask") \
+        if isinstance(m, LAYER_TYPES) and not hasattr(m, "weight_mask") \
                 and bool((m.weight == 0).any()):
             torch.nn.utils.prune.custom_from_mask(m, "weight", mask=(m.weight != 0).to(m.weight.dtype))
             masked.append(m)

@@ -11,8 +11,7 @@ import torch_pruning as tp
 from torch import nn
 
 from edgecompress.errors import EdgeCompressError
-
-PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+from edgecompress.nn.layers import LAYER_TYPES, build_graph, is_depthwise, weight_layers
 
 
 def ratio_or_macs_target(data, ratio_key: str, default: float = 0.5):
@@ -24,11 +23,6 @@ def ratio_or_macs_target(data, ratio_key: str, default: float = 0.5):
         if data.get(ratio_key) is None and data.get("target_macs_ratio") is None:
             data = {**data, ratio_key: default}
     return data
-
-
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The Conv/Linear layers of ``model`` by qualified name, in module order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
 
 
 def resolve_layers(model: nn.Module, patterns: Iterable[str], where: str) -> set[str]:
@@ -51,24 +45,10 @@ def resolve_layers(model: nn.Module, patterns: Iterable[str], where: str) -> set
     return matched
 
 
-def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph of ``model`` (traced with autograd; the training flag is restored)."""
-    was_training = model.training
-    try:
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
-    finally:
-        model.train(was_training)
-
-
-def _is_depthwise(module: object) -> bool:
-    return isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels > 1
-
-
 def _consumes_channels(module: object) -> bool:
     """True for layers that mix channels (a depthwise conv passes its input channels through)."""
     if isinstance(module, nn.modules.conv._ConvNd):
-        return not _is_depthwise(module)
+        return not is_depthwise(module)
     return isinstance(module, (nn.Linear, nn.RNNBase, nn.MultiheadAttention))
 
 
@@ -76,7 +56,7 @@ def output_layers(graph: tp.DependencyGraph) -> set[nn.Module]:
     """Conv/Linear layers whose output channels reach a model output without passing another such layer."""
     found = set()
     for module, node in graph.module2node.items():
-        if not isinstance(module, PRUNABLE_TYPES):
+        if not isinstance(module, LAYER_TYPES):
             continue
         stack, seen = [node], set()
         while stack:
@@ -98,7 +78,7 @@ def _coupled_layers(graph: tp.DependencyGraph, module: nn.Module) -> tuple[tp.de
     coupled = []
     for dep, _ in group:
         target = dep.target.module
-        if target is not module and isinstance(target, PRUNABLE_TYPES) and graph.is_out_channel_pruning_fn(dep.handler):
+        if target is not module and isinstance(target, LAYER_TYPES) and graph.is_out_channel_pruning_fn(dep.handler):
             coupled.append(target)
     return group, coupled
 
@@ -110,7 +90,7 @@ def prunability(
 
     ``ignored_layers``: module names or globs the user keeps intact. The model is not modified.
     """
-    layers = prunable_layers(model)
+    layers = weight_layers(model)
     ignored = resolve_layers(model, ignored_layers, where="ignored_layers")
     try:
         graph = build_graph(model, example_inputs)
@@ -137,9 +117,9 @@ def prunability(
                 result[name] = (False, f"tied to {names.get(blocker, '?')} ({blocked[blocker]}) whose channels stay")
             elif not graph.check_pruning_group(group):
                 result[name] = (False, "a layer in its group has only one channel left")
-            elif _is_depthwise(module) and not together:
+            elif is_depthwise(module) and not together:
                 result[name] = (False, "depthwise convolution whose input channels no prunable layer makes")
-            elif _is_depthwise(module):
+            elif is_depthwise(module):
                 result[name] = (True, f"depthwise convolution: channels tied to its input, pruned with {together}")
             elif isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
                 result[name] = (True, f"grouped convolution ({module.groups} groups): channels removed evenly per group")

@@ -20,6 +20,7 @@ that alone can drop accuracy to chance (MNIST-5k, ResNet-20 w0.5: one block's co
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from typing import Literal
@@ -29,8 +30,9 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from edgecompress.context import StageContext
+from edgecompress.nn.bn import reestimate_bn
+from edgecompress.nn.layers import weight_layers
 from edgecompress.tasks import Task
-from edgecompress.prune.analysis import prunable_layers
 from edgecompress.prune.iterative import (
     IterativeConfig,
     Setup,
@@ -103,31 +105,15 @@ class IceConfig(IterativeConfig):
         return self
 
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, task: Task, batches: int, batch_size: int, seed: int) -> None:
-    """Re-estimate every BatchNorm's running mean/variance (cumulative average) on ``batches`` train batches;
-    only statistics change, no parameter does; the model's mode is restored."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    was_training, momenta = model.training, [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    device = next(model.parameters()).device
-    for index, (x, _) in enumerate(task.loader("train", batch_size=batch_size, shuffle=True, seed=seed)):
-        if index >= batches:
-            break
-        model(x.to(device))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.train(was_training)
+def train_batches(task: Task, count: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """The inputs of the first ``count`` shuffled training batches (``recalibrate_bn`` re-estimates on these)."""
+    loader = task.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
+    return [task.inputs(batch) for batch in itertools.islice(loader, count)]
 
 
 def weight_nonzero(model: nn.Module) -> int:
     """Non-zero Conv/Linear weights (x of the learning-rate schedule counts these)."""
-    return sum(int(m.weight.count_nonzero()) for m in prunable_layers(model).values())
+    return sum(int(m.weight.count_nonzero()) for m in weight_layers(model).values())
 
 
 def _convs(setup: Setup) -> dict[str, nn.Module]:
@@ -166,8 +152,8 @@ class IcePolicy(StepPolicy):
     def after_prune(self, model: nn.Module) -> list[str]:
         self.steps += 1
         if self.config.recalibrate_bn:
-            recalibrate_bn(model, self.setup.task, self.config.recalibrate_batches, self.config.batch_size,
-                           self.seed + self.steps)
+            reestimate_bn(model, train_batches(self.setup.task, self.config.recalibrate_batches,
+                                               self.config.batch_size, self.seed + self.steps))
         for layers in self.frozen.values():  # torch-pruning replaced the parameters: freeze the new ones
             for layer in layers:
                 layer.requires_grad_(False)

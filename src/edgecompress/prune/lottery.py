@@ -15,9 +15,9 @@ from torch import nn
 from edgecompress.checkpoint import save_model
 from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
-from edgecompress.prune.analysis import build_graph
+from edgecompress.nn.bn import layer_bn_pairs
+from edgecompress.nn.layers import build_graph
 from edgecompress.prune.magnitude import _target_layers
-from edgecompress.prune.shifter import conv_bn_pairs
 from edgecompress.registry import StageConfig, register
 from edgecompress.train import accuracy, train
 
@@ -102,7 +102,7 @@ def prune_lottery(model: nn.Module, config: LotteryConfig, ctx: StageContext) ->
     if not layers:
         raise EdgeCompressError("the model has no Conv/Linear layer to prune besides the classifier", where=STAGE)
     example = task.example_inputs(1).to(next(model.parameters()).device)
-    bn_after = {conv: bn for conv, bn in conv_bn_pairs(rewind, build_graph(rewind, example))[0]}
+    bn_after = dict(layer_bn_pairs(rewind, build_graph(rewind, example))[0])
     names = {m: n for n, m in rewind.named_modules()}
     masks = {n: torch.ones_like(m.weight) for n, m in layers.items()}
     levels, current = [], None

@@ -11,7 +11,7 @@ from torch import nn
 
 from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
-from edgecompress.prune.analysis import prunable_layers
+from edgecompress.nn.layers import weight_layers
 from edgecompress.registry import StageConfig, register
 from edgecompress.train import train
 
@@ -45,7 +45,7 @@ def polynomial_schedule(final: float, steps: int, initial: float = 0.0) -> list[
 
 
 def _target_layers(model: nn.Module, exclude_classifier: bool) -> dict[str, nn.Module]:
-    layers = prunable_layers(model)
+    layers = weight_layers(model)
     if exclude_classifier and layers:
         linears = [n for n, m in layers.items() if isinstance(m, nn.Linear)]
         layers.pop(linears[-1] if linears else list(layers)[-1])
@@ -108,7 +108,7 @@ def prune_magnitude(model: nn.Module, config: MagnitudeConfig, ctx: StageContext
     weights = list(model.parameters())
     ctx.info.update({
         "scope": config.scope, "norm": config.norm, "schedule": config.schedule, "steps": steps,
-        "excluded": sorted(set(prunable_layers(model)) - set(layers)),
+        "excluded": sorted(set(weight_layers(model)) - set(layers)),
         "layers": {n: {"sparsity": _sparsity({n: m}), "params": m.weight.numel()} for n, m in layers.items()},
         "sparsity": _sparsity(layers),
         "model_sparsity": sum(int((p == 0).sum()) for p in weights) / max(1, sum(p.numel() for p in weights)),

@@ -27,7 +27,8 @@ from torch import nn
 
 from edgecompress.context import StageContext
 from edgecompress.tasks import Task
-from edgecompress.prune.analysis import build_graph, output_layers
+from edgecompress.nn.layers import build_graph
+from edgecompress.prune.analysis import output_layers
 from edgecompress.prune.pai import PaIConfig, Score, pai_masks
 from edgecompress.registry import StageConfig, register
 from edgecompress.train import mask_zeros, train

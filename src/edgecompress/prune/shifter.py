@@ -1,14 +1,15 @@
 """``prune.shifter``: DNNShifter's zero-data structured step — an unstructured-sparse model becomes a smaller
 dense one with the same outputs.
 
-1. Fold every BatchNorm that directly follows a conv into it: ``W' = diag(g/s) W``, ``b' = beta - g*mu/s``
-   (+ the conv's own bias scaled). The BatchNorm module stays in place as an exact identity (weight 1, bias 0,
-   mean 0, var 1, eps 0) so that checkpoints rebuild the same architecture; ONNX export drops it.
+1. Fold every BatchNorm that directly follows a conv or linear layer into it (``W' = diag(g/s) W``,
+   ``b' = beta + (b - mu) g/s``, :func:`edgecompress.nn.bn.fold_batchnorms`). The BatchNorm module stays in
+   place as an exact identity (weight 1, bias 0, mean 0, var 1, eps 0) so that checkpoints rebuild the same
+   architecture; ONNX export drops it.
 2. A filter (conv output channel / linear row) whose folded weights are all zero outputs a constant: its
    folded bias. With torch-pruning's dependency graph every channel coupled to it (residual adds, concats,
    depthwise convs) is found; the channel goes only if EVERY producer in its group is zero there.
 3. Constant propagation (our correction; DNNShifter's code drops the constant): the constant value the removed
-   channel still carries is read at every consumer's input with one forward pass of random data (so it is
+   channel still carries is read at every consumer's input in a forward pass of random data (so it is
    whatever activation, pooling or residual add it passed through), checked to be constant, and added to the
    consumer's bias: ``b += sum_k W[:, c, k] * v`` for a conv, ``b += W[:, c] * v`` for a linear. A conv with
    zero padding would see that constant only partly at the image border, so a channel whose constant is
@@ -28,14 +29,15 @@ from torch import nn
 
 from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
-from edgecompress.hooks import forward_with_hooks
 from edgecompress.measure.counts import count_params
-from edgecompress.prune.analysis import build_graph, output_layers, prunable_layers
+from edgecompress.nn.bn import fold_batchnorms
+from edgecompress.nn.capture import capture
+from edgecompress.nn.layers import build_graph, is_depthwise, weight_layers
+from edgecompress.prune.analysis import output_layers
 from edgecompress.registry import StageConfig, register
 
 STAGE = "prune.shifter"
 _CONV = nn.modules.conv._ConvNd
-_BN = nn.modules.batchnorm._BatchNorm
 _BLOCKING = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm, nn.PReLU, nn.Embedding,
              nn.MultiheadAttention, nn.RNNBase)
 
@@ -49,65 +51,13 @@ class ShifterConfig(StageConfig):
                                             "channels as dead; the BN becomes an exact identity)")
 
 
-def _is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, _CONV) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
-
-
 def _is_grouped(m: nn.Module) -> bool:
     """A grouped conv that is not depthwise: its channel bookkeeping is not handled here (left intact)."""
-    return isinstance(m, _CONV) and m.groups > 1 and not _is_depthwise(m)
-
-
-def conv_bn_pairs(model: nn.Module, graph: tp.DependencyGraph) -> tuple[list[tuple[nn.Module, nn.Module]], list[str]]:
-    """(conv, bn) for each BatchNorm fed only by a conv that feeds nothing else; names of the other BNs."""
-    names = {m: n for n, m in model.named_modules()}
-    pairs, left = [], []
-    for module, node in graph.module2node.items():
-        if not isinstance(module, _BN):
-            continue
-        producers = [i.module for i in node.inputs]
-        conv = producers[0] if len(producers) == 1 else None
-        if isinstance(conv, _CONV) and len(graph.module2node[conv].outputs) == 1 and module.track_running_stats:
-            pairs.append((conv, module))
-        else:
-            left.append(names[module])
-    return pairs, sorted(left)
-
-
-@torch.no_grad()
-def fold_batchnorms(model: nn.Module, graph: tp.DependencyGraph) -> tuple[list[str], list[str]]:
-    """Fold each BatchNorm of :func:`conv_bn_pairs` into its conv, in place; the BN becomes an exact identity.
-
-    Returns (folded BN names, BN names left as they are).
-    """
-    names = {m: n for n, m in model.named_modules()}
-    pairs, left = conv_bn_pairs(model, graph)
-    for conv, bn in pairs:
-        gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
-        beta = bn.bias if bn.affine else torch.zeros_like(bn.running_var)
-        scale = gamma / torch.sqrt(bn.running_var + bn.eps)
-        old_bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-        conv.weight.mul_(scale.reshape(-1, *[1] * (conv.weight.dim() - 1)))
-        conv.bias = nn.Parameter(old_bias * scale + beta - scale * bn.running_mean)
-        if bn.affine:
-            bn.weight.fill_(1.0)
-            bn.bias.zero_()
-        bn.running_mean.zero_()
-        bn.running_var.fill_(1.0)
-        bn.eps = 0.0
-    return sorted(names[bn] for _, bn in pairs), left
+    return isinstance(m, _CONV) and m.groups > 1 and not is_depthwise(m)
 
 
 def _dead_rows(m: nn.Module) -> list[int]:
     return torch.nonzero(m.weight.detach().flatten(1).abs().sum(1) == 0).flatten().tolist()
-
-
-def _capture_inputs(model: nn.Module, modules: list[nn.Module], example: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
-    seen: dict[nn.Module, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.setdefault(mod, args[0].detach().clone()))
-             for m in modules]
-    forward_with_hooks(model, example, hooks)
-    return seen
 
 
 def _constant(x: torch.Tensor, channel: int) -> float | None:
@@ -140,14 +90,19 @@ def _plan(group, graph, outputs, names, model, example) -> _Plan:
             if isinstance(module, (nn.Parameter, *_BLOCKING)) or _is_grouped(module):
                 plan.drop(root, f"coupled to unsupported layer {names.get(module, type(module).__name__)}")
             elif isinstance(module, (_CONV, nn.Linear)) and (graph.is_out_channel_pruning_fn(handler)
-                                                            or _is_depthwise(module)):
+                                                            or is_depthwise(module)):
                 if module in outputs:
                     plan.drop(root, f"coupled to output layer {names[module]}")
                 elif bool(module.weight[idx].any()):
                     plan.drop(root, f"non-zero in coupled layer {names[module]}")
             elif isinstance(module, (_CONV, nn.Linear)) and graph.is_in_channel_pruning_fn(handler):
                 consumers.append((module, idx, root))
-    inputs = _capture_inputs(model, sorted({m for m, _, _ in consumers}, key=lambda m: names[m]), example)
+    inputs = {}
+    for module in {m for m, _, _ in consumers}:
+        try:
+            inputs[module] = capture(model, module, example, "input")
+        except LookupError:
+            pass
     for module, idx, root in consumers:
         if module not in inputs:
             plan.drop(root, f"consumer {names[module]} not reached by the forward pass")
@@ -198,7 +153,7 @@ def shift(model: nn.Module, example: torch.Tensor, fold_bn: bool = True) -> tupl
     report: dict = {"removed": {}, "kept_dead": {}, "bn_folded": folded, "bn_not_folded": unfolded,
                     "left_intact": sorted(names[m] for m in model.modules()
                                           if isinstance(m, _BLOCKING) or _is_grouped(m))}
-    for name, root in prunable_layers(model).items():
+    for name, root in weight_layers(model).items():
         dead = [] if root in outputs else _dead_rows(root)
         if not dead:
             continue

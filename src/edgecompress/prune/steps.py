@@ -23,7 +23,8 @@ from torch import nn
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs
-from edgecompress.prune.analysis import build_graph, output_layers, resolve_layers
+from edgecompress.nn.layers import build_graph
+from edgecompress.prune.analysis import output_layers, resolve_layers
 
 _IMPORTANCE = tp.importance.MagnitudeImportance(p=1)
 

@@ -16,14 +16,8 @@ from edgecompress.context import StageContext
 from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs, count_params
-from edgecompress.prune.analysis import (
-    PRUNABLE_TYPES,
-    build_graph,
-    output_layers,
-    prunable_layers,
-    ratio_or_macs_target,
-    resolve_layers,
-)
+from edgecompress.nn.layers import LAYER_TYPES, build_graph, weight_layers
+from edgecompress.prune.analysis import output_layers, ratio_or_macs_target, resolve_layers
 from edgecompress.registry import StageConfig, register
 
 STAGE = "prune.structured"
@@ -89,7 +83,7 @@ def _taylor_gradients(model: nn.Module, task: Task, batches: int, batch_size: in
 
 
 def _out_channels(model: nn.Module) -> dict[str, int]:
-    return {n: m.out_features if isinstance(m, nn.Linear) else m.out_channels for n, m in prunable_layers(model).items()}
+    return {n: m.out_features if isinstance(m, nn.Linear) else m.out_channels for n, m in weight_layers(model).items()}
 
 
 def _shapes(output: object) -> list[tuple[int, ...]]:
@@ -110,7 +104,7 @@ def _suspect_from_traceback(exc: BaseException, names: dict[nn.Module, str]) -> 
     for frame in reversed(frames):
         for value in frame.f_locals.values():
             for obj in (value, getattr(value, "module", None), getattr(getattr(value, "target", None), "module", None)):
-                if isinstance(obj, PRUNABLE_TYPES) and obj in names:
+                if isinstance(obj, LAYER_TYPES) and obj in names:
                     return names[obj]
     return None
 
@@ -128,7 +122,7 @@ def _explain_failures(model: nn.Module, doing: str) -> Iterator[None]:
 
     def after(module, args, output):
         running.pop()
-        if isinstance(module, PRUNABLE_TYPES):
+        if isinstance(module, LAYER_TYPES):
             finished.append(names[module])
 
     hooks = [h for m in model.modules() for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]

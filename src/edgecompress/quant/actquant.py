@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import itertools
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Literal
@@ -22,12 +21,13 @@ import torch
 from pydantic import Field
 from torch import fx, nn
 
+from edgecompress.calibration import MIN_CALIB_SAMPLES, calibration_samples
 from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
+from edgecompress.nn.capture import capture
 from edgecompress.registry import StageConfig, register
 
 MIN_BITS, MAX_BITS = 3, 8
-MIN_CALIB = 16  # fewer samples make the per-batch ranges and the searches meaningless
 SUFFIX_ROWS = 512  # samples per batched suffix pass (ranking and search candidates share a pass)
 BLOCK_TYPES = ("BasicBlock", "Bottleneck", "InvertedResidual")  # residual blocks found automatically
 Quantizer = Callable[[torch.Tensor], torch.Tensor]
@@ -148,26 +148,9 @@ def install(model: nn.Module, names: list[str]) -> list[QuantizedOutput]:
     return wrappers
 
 
-class _Stop(Exception):
-    pass
-
-
 def block_output(model: nn.Module, wrapper: QuantizedOutput, x: torch.Tensor) -> torch.Tensor:
     """The float output of ``wrapper``'s block on ``x`` (earlier quantizers active); later layers are skipped."""
-    captured = []
-
-    def hook(_m, _inp, out):
-        captured.append(out)
-        raise _Stop
-
-    handle = wrapper.block.register_forward_hook(hook)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return captured[0]
+    return capture(model, wrapper.block, x, "output")
 
 
 class Suffix:
@@ -219,23 +202,6 @@ class Suffix:
         while chunk := list(itertools.islice(values, per_pass)):
             logits = self(wrapper_index, torch.cat(chunk), x.repeat(len(chunk), *[1] * (x.dim() - 1)))
             yield from logits.split(len(x))
-
-
-def labeled_calibration(ctx: StageContext, n: int, stage: str, need_labels: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` training inputs (the same draw as ``task.calibration``) and their labels; errors below ``MIN_CALIB``."""
-    task = ctx.require_task(stage)
-    x, y = task.train.tensors
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(ctx.seed))[: min(n, len(x))]
-    if len(idx) < MIN_CALIB:
-        raise EdgeCompressError(f"only {len(idx)} calibration samples are available; at least {MIN_CALIB} needed",
-                                where=f"{stage}.calib_samples", fix="give the task more training inputs")
-    if len(idx) < n:
-        warnings.warn(f"{stage}: calib_samples={n} but the task has {len(idx)} training inputs; using them all",
-                      stacklevel=3)
-    if need_labels and not task.has_labels:
-        raise EdgeCompressError("accuracy ranking needs labeled calibration data, the task has none",
-                                where=f"{stage}.ranking", fix="use ranking: mse (label-free)")
-    return x[idx].float(), y[idx]
 
 
 # ---------------------------------------------------------------- NoisyQuant search and the baseline stage
@@ -292,7 +258,7 @@ class ActConfig(StageConfig):
     bits: int = Field(4, ge=MIN_BITS, le=MAX_BITS, description="activation bits")
     layers: list[str] = Field([], max_length=10_000, description=(
         "modules whose outputs are quantized (default: every residual block)"))
-    calib_samples: int = Field(256, ge=MIN_CALIB, le=100_000, description="calibration inputs (noisyquant only)")
+    calib_samples: int = Field(256, ge=MIN_CALIB_SAMPLES, le=100_000, description="calibration inputs (noisyquant only)")
 
 
 @register("quant.act", ActConfig)
@@ -307,7 +273,7 @@ def act(model: nn.Module, config: ActConfig, ctx: StageContext) -> nn.Module:
     start, cpu = time.perf_counter(), time.process_time()
     details: list[dict] = []
     if config.method == "noisyquant":
-        calib, _ = labeled_calibration(ctx, config.calib_samples, "quant.act", need_labels=False)
+        calib = calibration_samples(ctx, config.calib_samples, "quant.act")
         details = noisyquant_search(model, wrappers, config.bits, calib, ctx.seed)
     else:
         fn = uniform if config.method == "uniform" else pow2

@@ -30,11 +30,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from edgecompress.calibration import MIN_CALIB_SAMPLES, calibration_samples
 from edgecompress.context import StageContext
 from edgecompress.quant.actquant import (
     MAX_BITS,
     MIN_BITS,
-    MIN_CALIB,
     SUFFIX_ROWS,
     QuantizedOutput,
     Suffix,
@@ -42,7 +42,6 @@ from edgecompress.quant.actquant import (
     dqa,
     find_blocks,
     install,
-    labeled_calibration,
     uniform,
 )
 from edgecompress.quant.actstore import load, store
@@ -57,7 +56,7 @@ class DQAConfig(StageConfig):
     bits: int = Field(4, ge=MIN_BITS, le=MAX_BITS, description="n: bits of the stored activation tensor")
     extra_bits: int = Field(3, ge=1, le=8, description="m: extra bits of important channels (Huffman-coded)")
     important_share: float = Field(0.4, ge=0, le=1, description="share of each block's channels ranked important")
-    calib_samples: int = Field(256, ge=MIN_CALIB, le=100_000, description="labeled training inputs for ranking")
+    calib_samples: int = Field(256, ge=MIN_CALIB_SAMPLES, le=100_000, description="labeled training inputs for ranking")
     ranking: Literal["accuracy", "mse"] = Field("accuracy", description=(
         "accuracy: calibration accuracy (paper); mse: logits' MSE against the float model (label-free shortcut)"))
     ranking_samples: int = Field(0, ge=0, le=100_000, description=(
@@ -72,7 +71,7 @@ class DQAConfig(StageConfig):
 
 
 
-def rank_channels(model: nn.Module, wrappers: list[QuantizedOutput], x: torch.Tensor, y: torch.Tensor,
+def rank_channels(model: nn.Module, wrappers: list[QuantizedOutput], x: torch.Tensor, y: torch.Tensor | None,
                   criterion: str, rank_bits: int = RANK_BITS, rows: int = SUFFIX_ROWS) -> list[list[int]]:
     """Per block, its channels from most to least important (earlier blocks left at ``rank_bits`` afterwards).
 
@@ -147,10 +146,13 @@ def dqa_stage(model: nn.Module, config: DQAConfig, ctx: StageContext) -> nn.Modu
     model = copy.deepcopy(model).eval()
     names = find_blocks(model, config.layers)
     wrappers = install(model, names)
-    x, y = labeled_calibration(ctx, config.calib_samples, "quant.dqa", need_labels=config.ranking == "accuracy")
+    if config.ranking == "accuracy":
+        x, y = calibration_samples(ctx, config.calib_samples, "quant.dqa", labels=True)
+    else:
+        x, y = calibration_samples(ctx, config.calib_samples, "quant.dqa"), None
     n_rank = config.ranking_samples or len(x)
     start, cpu = time.perf_counter(), time.process_time()
-    orders = rank_channels(model, wrappers, x[:n_rank], y[:n_rank], config.ranking)
+    orders = rank_channels(model, wrappers, x[:n_rank], None if y is None else y[:n_rank], config.ranking)
     set_dqa(wrappers, orders, config.bits, config.extra_bits, config.important_share)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     ctx.info.update(

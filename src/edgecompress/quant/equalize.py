@@ -3,8 +3,8 @@
 After Nagel et al. 2019, "Data-Free Quantization through Weight Equalization and Bias Correction" (DFQ).
 ``quant.ptq`` runs these on a copy of the float model before export (``equalize``, ``bias_correction``):
 
-* **BatchNorm folding** reuses ``prune.shifter.fold_batchnorms`` (torch-pruning's dependency graph finds each
-  BN fed by a conv); a folded BN stays in place as an exact identity.
+* **BatchNorm folding** is :func:`edgecompress.nn.bn.fold_batchnorms` (torch-pruning's dependency graph finds
+  each BN fed by a conv or linear layer); a folded BN stays in place as an exact identity.
 * **Pairs** come from a ``torch.fx`` trace, not from module names: layer A (conv or linear) whose output
   reaches layer B only through ops that commute with a positive per-channel scale (ReLU, identity BN,
   dropout, max/avg pooling, a flatten of a 1x1 map), each output used once, where B consumes A's channels one
@@ -38,7 +38,9 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.hooks import forward_with_hooks
+from edgecompress.nn.bn import fold_batchnorms, is_identity_bn
+from edgecompress.nn.capture import forward_order, forward_with_hooks
+from edgecompress.nn.layers import build_graph, is_depthwise
 
 WeightQuantizer = Callable[[torch.Tensor], torch.Tensor]  # float weight -> dequantized (fake-quantized) weight
 
@@ -53,20 +55,8 @@ MAX_SWEEPS = 50
 TOLERANCE = 1e-4
 
 
-def _depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
-
-
 def _dense(m: nn.Module) -> bool:
     return isinstance(m, nn.Linear) or isinstance(m, _LAYERS) and m.groups == 1
-
-
-def _identity_bn(m: nn.Module) -> bool:
-    """A BatchNorm that ``fold_batchnorms`` turned into an exact identity."""
-    if not isinstance(m, nn.modules.batchnorm._BatchNorm) or m.running_mean is None:
-        return False
-    affine_id = not m.affine or bool((m.weight == 1).all() and (m.bias == 0).all())
-    return affine_id and m.eps == 0 and bool((m.running_mean == 0).all() and (m.running_var == 1).all())
 
 
 def _passes_scale(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -75,7 +65,7 @@ def _passes_scale(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         m = modules[node.target]
         if isinstance(m, nn.Flatten):
             return _flattens_1x1(node)
-        return isinstance(m, _PASS_MODULES) or _identity_bn(m)
+        return isinstance(m, _PASS_MODULES) or is_identity_bn(m)
     if node.op == "call_function":
         return node.target in _PASS_FUNCTIONS or node.target is torch.flatten and _flattens_1x1(node)
     return node.op == "call_method" and node.target == "relu"
@@ -113,7 +103,7 @@ def find_pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str,
             second = modules.get(nxt.target) if nxt.op == "call_module" else None
             if isinstance(second, _LAYERS):
                 fan_in = second.in_features if isinstance(second, nn.Linear) else second.in_channels
-                if (_dense(second) or _depthwise(second)) and fan_in == _out_channels(first):
+                if (_dense(second) or is_depthwise(second)) and fan_in == _out_channels(first):
                     pairs.append((node.target, nxt.target))
                 break
             if _is_relu6(nxt, modules):
@@ -134,7 +124,7 @@ def _out_ranges(m: nn.Module) -> torch.Tensor:
 
 def _in_ranges(m: nn.Module) -> torch.Tensor:
     w = m.weight.detach().abs()
-    return w.flatten(1).amax(1) if _depthwise(m) else w.transpose(0, 1).flatten(1).amax(1)
+    return w.flatten(1).amax(1) if is_depthwise(m) else w.transpose(0, 1).flatten(1).amax(1)
 
 
 @torch.no_grad()
@@ -144,7 +134,7 @@ def _rescale(first: nn.Module, second: nn.Module, s: torch.Tensor) -> None:
     first.weight.div_(s.view(shape))
     if first.bias is not None:
         first.bias.div_(s)
-    if _depthwise(second):
+    if is_depthwise(second):
         second.weight.mul_(s.view([-1] + [1] * (second.weight.dim() - 1)))
     else:
         second.weight.mul_(s.view([1, -1] + [1] * (second.weight.dim() - 2)))
@@ -180,15 +170,6 @@ def equalize(model: nn.Module, pairs: list[tuple[str, str]]) -> dict:
         "range_utilisation_worst_before": round(min(before.values()), 4) if before else None,
         "range_utilisation_worst_after": round(min(after.values()), 4) if after else None,
     }
-
-
-def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Names of the conv/linear layers in the order one forward pass runs them (each once)."""
-    order: list[str] = []
-    hooks = [m.register_forward_pre_hook(lambda *_, name=name: order.append(name) if name not in order else None)
-             for name, m in model.named_modules() if isinstance(m, _LAYERS)]
-    forward_with_hooks(model, example, hooks)
-    return order
 
 
 def _weight_error_means(model: nn.Module, layers: dict[str, nn.Module], deltas: dict[str, torch.Tensor],
@@ -243,9 +224,6 @@ def prepare(model: nn.Module, calib: torch.Tensor, *, equalize_pairs: bool, quan
             skip: Callable[[str], bool]) -> dict:
     """The ``quant.ptq`` pre-pass, in place: fold BatchNorms, then CLE and/or bias correction of every layer
     ``skip`` does not exclude. Returns the report for ``ctx.info``."""
-    from edgecompress.prune.analysis import build_graph
-    from edgecompress.prune.shifter import fold_batchnorms
-
     model.eval()
     folded, _ = fold_batchnorms(model, build_graph(model, calib[:2]))
     report: dict = {"batchnorms_folded": len(folded)}
@@ -254,7 +232,8 @@ def prepare(model: nn.Module, calib: torch.Tensor, *, equalize_pairs: bool, quan
         report.update(equalize(model, pairs), cle_pairs=[f"{a} -> {b}" for a, b in pairs],
                       cle_blocked_by_relu6=relu6)
     if quantize is not None:
-        layers = [n for n in forward_order(model, calib[:2]) if not skip(n)]
+        layers = [n for n in forward_order(model, calib)[0]
+                  if isinstance(model.get_submodule(n), _LAYERS) and not skip(n)]
         report.update(correct_bias(model, layers, quantize, calib))
     return report
 

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
+from edgecompress.calibration import MIN_CALIB_SAMPLES
 from edgecompress.context import StageContext, StageOutput
 from edgecompress.errors import EdgeCompressError
-from edgecompress.quant.ptq import MIN_CALIB_SAMPLES
 from edgecompress.quant.weightonly import WeightQuantBase, prepare, quantize_and_export
 from edgecompress.quant.weights import MAX_BITS, MIN_BITS, QuantSpec, quantize_layers
 from edgecompress.registry import register

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import warnings
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,17 +30,17 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from edgecompress.calibration import MIN_CALIB_SAMPLES, calibration_samples
 from edgecompress.context import StageContext, StageOutput
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
-from edgecompress.hooks import forward_with_hooks
+from edgecompress.nn.capture import forward_with_hooks
 from edgecompress.quant.xnnpack import quantize_to_pte
 from edgecompress.registry import StageConfig, register
 
 if TYPE_CHECKING:
     import onnx
 
-MIN_CALIB_SAMPLES = 8  # fewer samples give activation ranges too noisy to trust
 CALIB_BATCH = 32
 WEIGHTED_ONNX_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 Backend = Literal["auto", "onnxruntime", "torchao", "executorch"]
@@ -91,7 +90,7 @@ def ptq(model: nn.Module, config: PTQConfig, ctx: StageContext) -> StageOutput:
     Weights int8 (per channel by default), activations uint8 with ranges from ``calib_samples`` unlabeled
     training inputs (min/max by default). The float model is returned unchanged beside the INT8 artifact.
     """
-    calib = calibration_inputs(ctx, config.calib_samples, "quant.ptq")
+    calib = calibration_samples(ctx, config.calib_samples, "quant.ptq")
     backend = resolve_backend(config.backend, ctx)
     quantized = _dfq_prepass(model, config, calib, backend, ctx) if config.equalize or config.bias_correction else model
     if backend == "onnxruntime":
@@ -349,20 +348,6 @@ def resolve_backend(backend: str, ctx: StageContext) -> Literal["onnxruntime", "
     if backend != "auto":
         return backend  # type: ignore[return-value]
     return {"onnx": "onnxruntime", "executorch": "executorch"}.get(ctx.export.format, "torchao")  # type: ignore
-
-
-def calibration_inputs(ctx: StageContext, n: int, stage: str) -> torch.Tensor:
-    """``n`` unlabeled calibration inputs from the task; warn if it has fewer, raise below ``MIN_CALIB_SAMPLES``."""
-    x = ctx.require_task(stage).calibration(n, seed=ctx.seed)
-    if len(x) < MIN_CALIB_SAMPLES:
-        raise EdgeCompressError(
-            f"only {len(x)} calibration samples are available; at least {MIN_CALIB_SAMPLES} are needed",
-            where=f"{stage}.calib_samples", fix="give the task more training inputs (labels are not needed)",
-        )
-    if len(x) < n:
-        warnings.warn(f"{stage}: calib_samples={n} but the task has {len(x)} training inputs; using them all",
-                      stacklevel=3)
-    return x.float()
 
 
 def fp32_onnx(model: nn.Module, ctx: StageContext, example: torch.Tensor) -> tuple[Artifact, Path]:

@@ -43,23 +43,22 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from edgecompress.calibration import MIN_CALIB_SAMPLES, calibration_samples
 from edgecompress.context import StageContext, StageOutput
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
 from edgecompress.export.onnx import export_onnx
+from edgecompress.nn.bn import fold_batchnorms
+from edgecompress.nn.layers import build_graph
 from edgecompress.quant.ptq import (
-    CALIB_BATCH,
     _DYNAMIC_BATCH,
     _qdq_report,
-    calibration_inputs,
     check_module_names,
     check_no_shared_modules,
     cpu_has_vnni,
 )
-from edgecompress.quant.weights import fold_batchnorm
-from edgecompress.recover.finetune import DistillConfig
-from edgecompress.registry import StageConfig, register
-from edgecompress.train import accuracy, train
+from edgecompress.registry import register
+from edgecompress.train import DistillConfig, TrainSettings, accuracy, train
 
 if TYPE_CHECKING:
     import onnx
@@ -67,7 +66,7 @@ if TYPE_CHECKING:
 LOW_BIT_NOTE = "low-bit weights stored in int8 containers; packing is quant.weight/quant.mixed's job"
 
 
-class QATConfig(StageConfig):
+class QATConfig(TrainSettings):
     """Settings of ``quant.qat``."""
 
     epochs: int = Field(3, ge=0, le=10000, description="QAT passes over the training split (0: calibrated "
@@ -75,14 +74,11 @@ class QATConfig(StageConfig):
     lr: float = Field(0.001, gt=0.0, le=10.0, description="initial learning rate (cosine-annealed to zero); "
                       "small: with BN folded the network loses BN's scale invariance (0.003 diverged on MNIST-5k); "
                       "lower still with distill (its soft term is T^2-scaled)")
-    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (Nesterov momentum 0.9) or adam (AdamW)")
-    batch_size: int = Field(64, ge=1, le=65536, description="training batch size")
-    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="L2 weight decay (decoupled for adam)")
     distill: DistillConfig | None = Field(None, description="also match the teacher's soft targets "
                                                              "(the model as it entered the recipe)")
     weight_bits: int = Field(8, ge=2, le=8, description="weight bit width (symmetric grid, stored in int8)")
     per_channel: bool = Field(True, description="one weight scale per output channel (else one per tensor)")
-    calib_samples: int = Field(256, ge=8, le=4096, description="unlabeled training inputs whose min/max set the "
+    calib_samples: int = Field(256, ge=MIN_CALIB_SAMPLES, le=4096, description="unlabeled training inputs whose min/max set the "
                                                                "initial ranges (one forward pass)")
     freeze_bn_after: int = Field(0, ge=0, le=10000, description="0: BN folded into the convs before QAT (static "
                                  "folding); n: BN trains on batch statistics for n epochs, then is frozen")
@@ -153,7 +149,7 @@ def train_qat(model: nn.Module, config: QATConfig, ctx: StageContext) -> tuple[Q
 
     task = ctx.require_task("quant.qat")
     teacher = ctx.require_teacher("quant.qat") if config.distill is not None else None
-    calib = calibration_inputs(ctx, config.calib_samples, "quant.qat")
+    calib = calibration_samples(ctx, config.calib_samples, "quant.qat")
     reduce_range = config.reduce_range == "on" or (config.reduce_range == "auto" and not cpu_has_vnni())
     qmin, qmax = weight_range(config.weight_bits, reduce_range)
     qmodel = _prepare(model, config, calib, qmin, qmax)
@@ -207,7 +203,7 @@ def _prepare(model: nn.Module, config: QATConfig, calib: torch.Tensor, qmin: int
     _check_shared(model, calib[:2])
     exclude = check_module_names(model, config.exclude, "quant.qat")
     if config.freeze_bn_after == 0:
-        model = fold_batchnorm(model, calib[:CALIB_BATCH], "quant.qat")
+        fold_batchnorms(model, build_graph(model, calib[:2]), remove=True)
     base = get_default_x86_inductor_quantization_config(is_qat=True)
     observer = MovingAveragePerChannelMinMaxObserver if config.per_channel else MovingAverageMinMaxObserver
     weight = dataclasses.replace(  # see the module docstring for why not the recipe's fused fake-quant

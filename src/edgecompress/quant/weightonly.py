@@ -9,6 +9,7 @@ weights (the difference is reported as ``onnx_max_abs_diff``).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,11 +18,13 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from edgecompress.calibration import MIN_CALIB_SAMPLES, calibration_samples
 from edgecompress.context import StageContext, StageOutput
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
-from edgecompress.quant.ptq import MIN_CALIB_SAMPLES, calibration_inputs
-from edgecompress.quant.weights import MAX_BITS, MIN_BITS, QuantSpec, fold_batchnorm, quantize_layers, select_layers
+from edgecompress.nn.bn import fold_batchnorms
+from edgecompress.nn.layers import build_graph
+from edgecompress.quant.weights import MAX_BITS, MIN_BITS, QuantSpec, quantize_layers, select_layers
 from edgecompress.quant.weights.onnx import weight_bytes, write_weight_only_onnx
 from edgecompress.registry import StageConfig, register
 
@@ -83,8 +86,9 @@ def prepare(model: nn.Module, config: WeightQuantBase, ctx: StageContext, stage:
         raise EdgeCompressError(
             f"{stage} writes an ONNX artifact (packed INT4/INT8 weights with DequantizeLinear), not "
             f"{ctx.export.format!r}", where="export.format", fix="use export: {format: onnx}")
-    x = calibration_inputs(ctx, config.calib_samples, stage)
-    folded = fold_batchnorm(model, x, stage)
+    x = calibration_samples(ctx, config.calib_samples, stage)
+    folded = copy.deepcopy(model).eval()  # BatchNorm folded, so the quantized weights are the ones the file ships
+    fold_batchnorms(folded, build_graph(folded, x[:2]), remove=True)
     layers, floating = select_layers(folded, x, config.exclude, stage)
     return Prepared(folded, x, layers, floating)
 

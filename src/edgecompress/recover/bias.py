@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from edgecompress.context import StageContext
+from edgecompress.nn.capture import bn_after, capture, forward_order
+from edgecompress.nn.layers import weight_layers
 from edgecompress.recover.calib import CalibConfig, batches, calibration_inputs
-from edgecompress.recover.capture import bn_after, capture, changed_layers, forward_order, prefix_macs
-from edgecompress.recover.flops import forward_flops
+from edgecompress.recover.flops import forward_flops, prefix_macs
 from edgecompress.recover.lstsq import unsupported
 from edgecompress.registry import register
 
@@ -36,6 +37,18 @@ def shift_output(model: nn.Module, name: str, delta: torch.Tensor, bn: str | Non
             model.get_submodule(bn).running_mean -= delta.to(layer.weight.dtype)
             return f"running mean of {bn}"
     return None
+
+
+def changed_layers(model: nn.Module, dense: nn.Module) -> list[str]:
+    """Conv/Linear layers of ``model`` that differ from the same-named layer of ``dense`` (pruned, re-shaped
+    or re-weighted), or that have no counterpart there."""
+    reference = weight_layers(dense)
+    changed = []
+    for name, m in weight_layers(model).items():
+        d = reference.get(name)
+        if d is None or d.weight.shape != m.weight.shape or not torch.equal(d.weight, m.weight):
+            changed.append(name)
+    return changed
 
 
 def nothing_to_do(model: nn.Module, dense: nn.Module, ctx: StageContext, where: str) -> bool:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import copy
 
-import torch
 from torch import nn
 
 from edgecompress.context import StageContext
 from edgecompress.measure import count_macs
+from edgecompress.nn.bn import reestimate_bn
 from edgecompress.recover.calib import CalibConfig, batches, calibration_inputs
-from edgecompress.recover.datafree import bn_layers
 from edgecompress.recover.flops import forward_flops
 from edgecompress.registry import register
 
@@ -22,28 +21,6 @@ class BNConfig(CalibConfig):
     """Settings of ``recover.bn``."""
 
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, inputs: list[torch.Tensor]) -> int:
-    """Reset every BatchNorm's running statistics and re-estimate them as the cumulative average over
-    ``inputs`` (momentum None; BatchNorm in train mode, every other module in eval mode). In place; the
-    model is left in eval mode. Returns the number of BatchNorm layers."""
-    bns = bn_layers(model)
-    momenta = [m.momentum for m in bns]
-    model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    try:
-        for x in inputs:
-            model(x)
-    finally:
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-        model.eval()
-    return len(bns)
-
-
 @register(STAGE, BNConfig)
 def recover_bn(model: nn.Module, config: BNConfig, ctx: StageContext) -> nn.Module:
     """Re-estimate BatchNorm statistics on unlabeled (or synthetic) inputs; weights are not changed.
@@ -52,9 +29,9 @@ def recover_bn(model: nn.Module, config: BNConfig, ctx: StageContext) -> nn.Modu
     dense model's normalisation no longer fits. Synthetic inputs invert the dense model's (the teacher's, or
     this model's when there is no teacher) BatchNorm statistics.
     """
-    model = copy.deepcopy(model)
+    model = copy.deepcopy(model).eval()
     x, source = calibration_inputs(config, ctx, ctx.teacher or model, STAGE)
-    count = recalibrate_bn(model, batches(x, config.batch_size))
+    count = reestimate_bn(model, batches(x, config.batch_size))
     macs = count_macs(model, x[:1])
     ctx.info.update({
         "bn_layers": count, "data": source["data"], "samples_used": len(x), "labels_used": 0,

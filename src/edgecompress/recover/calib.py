@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
+from edgecompress.calibration import MIN_CALIB_SAMPLES, calibration_samples
 from edgecompress.checkpoint import ARCH_ATTR
 from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
@@ -20,7 +20,7 @@ from edgecompress.registry import StageConfig
 class CalibConfig(StageConfig):
     """Where the unlabeled calibration inputs come from and how many there are."""
 
-    calib_samples: int = Field(256, ge=1, le=1_000_000, description="calibration inputs (labels are never used)")
+    calib_samples: int = Field(256, ge=MIN_CALIB_SAMPLES, le=1_000_000, description="calibration inputs (labels are never used)")
     batch_size: int = Field(64, ge=1, le=65536, description="calibration batch size")
     data: Literal["auto", "task", "synthetic"] = Field(
         "auto", description="task: unlabeled training inputs of the task; synthetic: data-free, inputs "
@@ -49,12 +49,8 @@ def calibration_inputs(config: CalibConfig, ctx: StageContext, dense: nn.Module,
     if source == "auto":
         source = "task" if ctx.task is not None and len(ctx.task.train) > 0 else "synthetic"
     if source == "task":
-        task = ctx.require_task(where)
-        x = task.calibration(config.calib_samples, seed=ctx.seed)
-        if len(x) < config.calib_samples:
-            warnings.warn(f"{where}: only {len(x)} calibration inputs available ({config.calib_samples} asked)",
-                          stacklevel=2)
-        return x, {"data": f"task {task.name} (train split, unlabeled)", "samples": len(x), "flops": 0}
+        x = calibration_samples(ctx, config.calib_samples, where)
+        return x, {"data": f"task {ctx.task.name} (train split, unlabeled)", "samples": len(x), "flops": 0}
     x, info = synthesize(dense, _input_shape(ctx, dense, where), config.calib_samples, steps=config.synth_steps,
                          lr=config.synth_lr, batch_size=config.batch_size, seed=ctx.seed)
     return x, {"data": "synthetic (BatchNorm statistics inversion, data-free)", "samples": len(x), **info}

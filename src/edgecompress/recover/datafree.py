@@ -13,12 +13,8 @@ from torch import nn
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure import count_macs
+from edgecompress.nn.bn import bn_layers
 from edgecompress.recover.flops import forward_flops
-
-
-def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-            and m.running_mean is not None]
 
 
 def synthesize(model: nn.Module, input_shape: tuple[int, ...], n: int, *, steps: int = 50, lr: float = 0.1,

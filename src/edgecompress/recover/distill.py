@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import Field, field_validator
@@ -11,20 +11,17 @@ from torch import nn
 from edgecompress import zoo
 from edgecompress.context import StageContext
 from edgecompress.measure.counts import count_params
-from edgecompress.registry import StageConfig, register
-from edgecompress.train import accuracy, train
+from edgecompress.registry import register
+from edgecompress.train import TrainSettings, accuracy, train
 
 
-class DistillStageConfig(StageConfig):
+class DistillStageConfig(TrainSettings):
     """Settings of ``distill``: the student architecture and the training run."""
 
     student: str = Field("mnist_cnn", description="zoo model name of the student (edgecompress.zoo.names())")
     student_kwargs: dict[str, Any] = Field({}, description="builder options of the student, e.g. {width: 0.5}")
     epochs: int = Field(10, ge=1, le=10000, description="passes over the training split")
     lr: float = Field(0.01, gt=0.0, le=10.0, description="initial learning rate (cosine-annealed to zero)")
-    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (Nesterov momentum 0.9) or adam (AdamW)")
-    batch_size: int = Field(64, ge=1, le=65536, description="training batch size")
-    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="L2 weight decay (decoupled for adam)")
     temperature: float = Field(4.0, gt=0.0, le=100.0, description="softmax temperature of the soft targets")
     alpha: float = Field(0.7, ge=0.0, le=1.0, description="weight of the soft-target loss (1 - alpha: labels)")
 

@@ -4,7 +4,6 @@ model as it entered the recipe (the teacher)."""
 from __future__ import annotations
 
 import copy
-from typing import Literal
 
 import torch.nn.utils.prune as tprune
 from pydantic import Field
@@ -13,25 +12,15 @@ from torch import nn
 from edgecompress.context import StageContext
 from edgecompress.measure import count_macs
 from edgecompress.recover.flops import forward_flops, training_flops
-from edgecompress.registry import StageConfig, register
-from edgecompress.train import accuracy, mask_zeros, train
+from edgecompress.registry import register
+from edgecompress.train import DistillConfig, TrainSettings, accuracy, mask_zeros, train
 
 
-class DistillConfig(StageConfig):
-    """Soft targets from the teacher (Hinton et al. 2015), mixed with the hard labels."""
-
-    temperature: float = Field(4.0, gt=0.0, le=100.0, description="softmax temperature of the soft targets")
-    alpha: float = Field(0.7, ge=0.0, le=1.0, description="weight of the soft-target loss (1 - alpha: labels)")
-
-
-class FinetuneConfig(StageConfig):
+class FinetuneConfig(TrainSettings):
     """Settings of ``finetune``."""
 
     epochs: int = Field(3, ge=1, le=10000, description="passes over the training split")
     lr: float = Field(0.01, gt=0.0, le=10.0, description="initial learning rate (cosine-annealed to zero)")
-    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (Nesterov momentum 0.9) or adam (AdamW)")
-    batch_size: int = Field(64, ge=1, le=65536, description="training batch size")
-    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="L2 weight decay (decoupled for adam)")
     keep_zeros: bool = Field(True, description="Conv/Linear weights that are exactly zero (unstructured pruning) "
                                                "stay zero: they are masked during training")
     distill: DistillConfig | None = Field(None, description="also match the teacher's soft targets "

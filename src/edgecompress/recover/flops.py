@@ -14,6 +14,11 @@ every method alike, so ratios between methods are fair):
 
 from __future__ import annotations
 
+import torch
+from torch import nn
+
+from edgecompress.measure import layer_table
+
 
 def forward_flops(macs: int, samples: int) -> int:
     """FLOPs of ``samples`` forward passes of a model (or model prefix) with ``macs`` MACs per sample."""
@@ -33,3 +38,17 @@ def gram_flops(n: int, k: int, m: int = 0) -> int:
 def solve_flops(k: int) -> int:
     """FLOPs of one ``k x k`` Cholesky factorisation plus forward and back substitution (one right-hand side)."""
     return k**3 // 3 + 2 * k * k
+
+
+def prefix_macs(model: nn.Module, order: list[str], x: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """For each layer in ``order``: (MACs of one sample up to the layer's input, MACs up to its output).
+
+    Only Conv/Linear MACs are counted (as in ``count_macs``); a prefix includes every layer called before.
+    """
+    macs = {row["name"]: row["macs"] for row in layer_table(model, x[:1])}
+    out, total = {}, 0
+    for name in order:
+        before = total
+        total += macs.get(name, 0)
+        out[name] = (before, total)
+    return out

@@ -18,12 +18,10 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from edgecompress.nn import im2col
 from edgecompress.recover.flops import gram_flops, solve_flops
-
-Conv = (nn.Conv1d, nn.Conv2d)
 
 
 def unsupported(layer: nn.Module, dense: nn.Module | None) -> str | None:
@@ -32,39 +30,11 @@ def unsupported(layer: nn.Module, dense: nn.Module | None) -> str | None:
         return "no layer of that name in the dense model"
     if type(layer) is not type(dense):
         return f"type differs from the dense layer ({type(layer).__name__} vs {type(dense).__name__})"
-    if isinstance(layer, nn.Linear):
-        if layer.out_features != dense.out_features:
-            return "output features differ from the dense layer (structured pruning)"
-        return None
-    if not isinstance(layer, Conv):
-        return f"{type(layer).__name__} is not supported (Conv1d, Conv2d and Linear are)"
-    if layer.out_channels != dense.out_channels or layer.groups != dense.groups:
+    if isinstance(layer, nn.Linear) and layer.out_features != dense.out_features:
+        return "output features differ from the dense layer (structured pruning)"
+    if isinstance(layer, im2col.CONVS) and (layer.out_channels != dense.out_channels or layer.groups != dense.groups):
         return "output channels or groups differ from the dense layer (structured pruning)"
-    if layer.padding_mode != "zeros":
-        return f"padding_mode {layer.padding_mode!r} (only zero padding has an im2col view here)"
-    if isinstance(layer.padding, str) and layer.padding != "valid" and any(
-            d * (k - 1) % 2 for d, k in zip(layer.dilation, layer.kernel_size)):
-        return "asymmetric 'same' padding"
-    return None
-
-
-def _padding(layer: nn.Module) -> tuple[int, ...]:
-    if layer.padding == "valid":
-        return (0,) * len(layer.kernel_size)
-    if layer.padding == "same":
-        return tuple(d * (k - 1) // 2 for d, k in zip(layer.dilation, layer.kernel_size))
-    return tuple(layer.padding)
-
-
-def im2col(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The Conv's input patches ``[N, C_in * prod(kernel), positions]`` (channel-major, like the weight)."""
-    if isinstance(layer, nn.Conv1d):  # a Conv1d is a Conv2d of height 1
-        def one(t: tuple[int, ...]) -> tuple[int, int]:
-            return 1, t[0]
-
-        return F.unfold(x.unsqueeze(2), one(layer.kernel_size), dilation=one(layer.dilation),
-                        padding=(0, _padding(layer)[0]), stride=one(layer.stride))
-    return F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=_padding(layer), stride=layer.stride)
+    return im2col.unsupported(layer)
 
 
 class MaskedLstsq:
@@ -76,7 +46,7 @@ class MaskedLstsq:
 
     def __init__(self, layer: nn.Module, intercept: bool):
         self.layer, self.intercept = layer, intercept
-        self.groups = layer.groups if isinstance(layer, Conv) else 1
+        self.groups = im2col.groups(layer)
         out = layer.weight.shape[0]
         self.k = layer.weight[0].numel()  # inputs per output row (one group)
         self.m = out // self.groups
@@ -91,18 +61,11 @@ class MaskedLstsq:
         """Add one batch: ``x`` the layer's input, ``y`` the target output (shaped like the layer's output).
         ``positions``: for a Conv, the output positions to use (flat indices); ``y`` then holds only those,
         as ``[N, out, len(positions)]``. All positions when None."""
-        if isinstance(self.layer, Conv):
-            cols = im2col(self.layer, x)  # [N, K, L]
-            y = y.reshape(y.shape[0], y.shape[1], -1)  # [N, out, L]
-            if positions is not None:
-                cols = cols[:, :, positions]
-            X = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-            Y = y.transpose(1, 2).reshape(-1, y.shape[1])
-        else:
-            X, Y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-        n = X.shape[0]
-        X = X.double().reshape(n, self.groups, self.k).transpose(0, 1)  # [G, n, k]
-        Y = Y.double().reshape(n, self.groups, self.m).transpose(0, 1)  # [G, n, m]
+        X = im2col.input_rows(self.layer, x, positions)  # [G, n, k]
+        if isinstance(self.layer, im2col.CONVS):
+            y = y.reshape(y.shape[0], y.shape[1], -1).transpose(1, 2)  # [N, L, out]
+        n = X.shape[1]
+        Y = y.double().reshape(n, self.groups, self.m).transpose(0, 1)  # [G, n, m]
         if self.intercept:
             X = torch.cat([X, X.new_ones(self.groups, n, 1)], dim=2)
         self.xtx += X.transpose(1, 2) @ X

@@ -29,13 +29,13 @@ from torch import nn
 
 from edgecompress.context import StageContext
 from edgecompress.measure import count_macs
-from edgecompress.recover.bias import nothing_to_do
-from edgecompress.recover.bn import recalibrate_bn
+from edgecompress.nn.bn import bn_layers, reestimate_bn
+from edgecompress.nn.capture import bn_after, capture, forward_order
+from edgecompress.nn.im2col import CONVS
+from edgecompress.recover.bias import changed_layers, nothing_to_do
 from edgecompress.recover.calib import CalibConfig, batches, calibration_inputs
-from edgecompress.recover.capture import bn_after, capture, changed_layers, forward_order, prefix_macs
-from edgecompress.recover.datafree import bn_layers
-from edgecompress.recover.flops import forward_flops
-from edgecompress.recover.lstsq import Conv, MaskedLstsq, unsupported
+from edgecompress.recover.flops import forward_flops, prefix_macs
+from edgecompress.recover.lstsq import MaskedLstsq, unsupported
 from edgecompress.registry import register
 
 STAGE = "recover.mimic"
@@ -65,7 +65,7 @@ def _dense_targets(dense: nn.Module, names: list[str], xs: list[torch.Tensor], c
 
     def hook(m, _inputs, y, name):
         positions = None
-        if isinstance(m, Conv) and count and y[0, 0].numel() > count:
+        if isinstance(m, CONVS) and count and y[0, 0].numel() > count:
             positions = torch.randperm(y[0, 0].numel(), generator=gen)[:count]
             y = y.flatten(2)[:, :, positions]
         out[name].append((y.detach().clone(), positions))
@@ -133,7 +133,7 @@ def recover_mimic(model: nn.Module, config: MimicConfig, ctx: StageContext) -> n
         flops["solve"] += solver.solve_flops
         solved[name] = {"rows": solver.rows, "unknowns_max": unknowns, "damping": damping, "intercept": intercept}
     if config.recalibrate_bn and bn_layers(model):
-        recalibrate_bn(model, batches(x, config.batch_size))
+        reestimate_bn(model, batches(x, config.batch_size))
         flops["forward"] += forward_flops(count_macs(model, x[:1]), len(x))
     ctx.info.update({
         "solved": solved, "skipped": skipped, "pruned_layers": pruned,

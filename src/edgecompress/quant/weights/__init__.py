@@ -3,9 +3,9 @@
 writer (:mod:`.onnx`)."""
 
 from edgecompress.quant.weights.gptq import Hessian, gptq
-from edgecompress.quant.weights.model import fold_batchnorm, quantize_layers, select_layers
+from edgecompress.quant.weights.model import quantize_layers, select_layers
 from edgecompress.quant.weights.onnx import weight_bytes, write_weight_only_onnx
 from edgecompress.quant.weights.quantizer import MAX_BITS, MIN_BITS, QuantizedWeight, QuantSpec, packed_bytes, rtn
 
-__all__ = ["MAX_BITS", "MIN_BITS", "Hessian", "QuantSpec", "QuantizedWeight", "fold_batchnorm", "gptq",
+__all__ = ["MAX_BITS", "MIN_BITS", "Hessian", "QuantSpec", "QuantizedWeight", "gptq",
            "packed_bytes", "quantize_layers", "rtn", "select_layers", "weight_bytes", "write_weight_only_onnx"]

@@ -23,8 +23,8 @@ import math
 import torch
 from torch import nn
 
+from edgecompress.nn import im2col
 from edgecompress.quant.weights.quantizer import QuantizedWeight, QuantSpec, group_params, quantize_codes
-from edgecompress.recover.lstsq import Conv, im2col
 
 BLOCK = 128  # lazy-batch width of the reference implementation
 
@@ -35,19 +35,14 @@ class Hessian:
 
     def __init__(self, layer: nn.Module):
         self.layer = layer
-        self.groups = layer.groups if isinstance(layer, Conv) else 1
+        self.groups = im2col.groups(layer)
         self.k = layer.weight[0].numel()
         self.xtx = torch.zeros(self.groups, self.k, self.k, dtype=torch.float64)
         self.rows = 0
 
     def add(self, x: torch.Tensor) -> None:
         """Add one batch of the layer's inputs."""
-        if isinstance(self.layer, Conv):
-            cols = im2col(self.layer, x)  # [N, G*k, L]
-            x = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-        else:
-            x = x.reshape(-1, x.shape[-1])
-        x = x.double().reshape(x.shape[0], self.groups, self.k).transpose(0, 1)  # [G, n, k]
+        x = im2col.input_rows(self.layer, x)  # [G, n, k]
         self.xtx += x.transpose(1, 2) @ x
         self.rows += x.shape[1]
 

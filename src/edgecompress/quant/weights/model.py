@@ -1,50 +1,21 @@
-"""Weight-only quantization of a whole model: BatchNorm folding, which layers are quantized (and why the others
-stay float), and the layer-by-layer pass (round-to-nearest, or GPTQ in forward order so that each layer's
-Hessian comes from the outputs of the already-quantized layers before it, as in the GPTQ paper)."""
+"""Weight-only quantization of a whole model: which layers are quantized (and why the others stay float), and
+the layer-by-layer pass (round-to-nearest, or GPTQ in forward order so that each layer's Hessian comes from the
+outputs of the already-quantized layers before it, as in the GPTQ paper)."""
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from edgecompress.errors import EdgeCompressError
+from edgecompress.nn import im2col
+from edgecompress.nn.capture import capture, forward_order
 from edgecompress.quant.ptq import check_module_names, in_module
 from edgecompress.quant.weights.gptq import Hessian, gptq
 from edgecompress.quant.weights.quantizer import QuantizedWeight, QuantSpec, container_bits, rtn
-from edgecompress.recover.capture import bn_after, capture, forward_order
-from edgecompress.recover.lstsq import unsupported
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
-FOLD_TOLERANCE = 1e-4  # relative output change allowed by BatchNorm folding (float rounding only)
 BATCH = 64
-
-
-def fold_batchnorm(model: nn.Module, x: torch.Tensor, stage: str) -> nn.Module:
-    """A copy of ``model`` with every BatchNorm that directly follows a Conv/Linear folded into it (the
-    BatchNorm becomes ``Identity``), so the quantized weights are exactly the ones the ONNX file ships."""
-    folded = copy.deepcopy(model).eval()
-    for layer_name, bn_name in bn_after(folded, x).items():
-        layer, bn = folded.get_submodule(layer_name), folded.get_submodule(bn_name)
-        if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
-            fused = fuse_conv_bn_eval(layer, bn)
-        elif isinstance(layer, nn.Linear) and bn.num_features == layer.out_features:
-            fused = fuse_linear_bn_eval(layer, bn)
-        else:
-            continue
-        folded.set_submodule(layer_name, fused)
-        folded.set_submodule(bn_name, nn.Identity())
-    with torch.no_grad():
-        ref, out = model.eval()(x), folded(x)
-    if (out - ref).abs().max() > FOLD_TOLERANCE * max(1.0, float(ref.abs().max())):
-        raise EdgeCompressError(
-            "folding BatchNorm into the layer before it changed the model's outputs (a layer's output is used "
-            "both by its BatchNorm and elsewhere)", where=stage,
-            fix="fold the BatchNorm layers yourself or exclude that layer's BatchNorm pattern from the model",
-        )
-    return folded
 
 
 def select_layers(model: nn.Module, x: torch.Tensor, exclude: list[str], stage: str
@@ -93,7 +64,7 @@ def quantize_layers(model: nn.Module, specs: dict[str, QuantSpec], x: torch.Tens
     quantized, table = {}, {}
     for name, spec in specs.items():
         layer = model.get_submodule(name)
-        why_not = unsupported(layer, layer) if algorithm == "gptq" else None
+        why_not = im2col.unsupported(layer) if algorithm == "gptq" else None
         row = {"bits": spec.bits, "container": f"int{container_bits(spec.bits)}", "algorithm": algorithm}
         if algorithm == "gptq" and why_not is None:
             qw, used = _gptq_layer(model, name, spec, x, damp, act_order)

@@ -1,0 +1,10 @@
+"""Building blocks shared by the technique packages (``prune``, ``quant``, ``recover``), each in one place:
+
+- :mod:`~edgecompress.nn.layers`: the Conv/Linear layers, the depthwise test, torch-pruning's dependency graph;
+- :mod:`~edgecompress.nn.bn`: BatchNorm folding and BatchNorm statistics re-estimation;
+- :mod:`~edgecompress.nn.capture`: watching one forward pass (a layer's input or output, the layers' call order);
+- :mod:`~edgecompress.nn.im2col`: a Conv's input patches as rows of a matrix.
+
+Technique packages may import ``nn`` but not each other; ``nn`` imports no technique package
+(``tests/test_architecture.py`` checks both).
+"""

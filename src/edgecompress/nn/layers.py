@@ -1,0 +1,30 @@
+"""Which modules are the weighted layers every technique works on, the depthwise test, and torch-pruning's
+dependency graph of a model."""
+
+from __future__ import annotations
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The Conv/Linear layers of ``model`` by qualified name, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
+
+
+def is_depthwise(m: object) -> bool:
+    """A conv with one filter per input channel (``groups == in_channels == out_channels > 1``)."""
+    return isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model`` (traced with autograd; the training flag is restored)."""
+    was_training = model.training
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    finally:
+        model.train(was_training)
