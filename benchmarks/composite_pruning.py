@@ -28,7 +28,7 @@ import edgecompress as ec
 from edgecompress import zoo
 from edgecompress.context import StageContext
 from edgecompress.data import data_spec, load_task
-from edgecompress.export.onnx import export_onnx
+from edgecompress.runtimes.onnxruntime import export_onnx
 from edgecompress.measure import count_macs, count_nonzero, count_params
 from edgecompress.portfolio import Portfolio, Server, least_contended
 from edgecompress.registry import get

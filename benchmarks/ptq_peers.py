@@ -40,7 +40,7 @@ from edgecompress import baseline
 from edgecompress.data import load_task
 from edgecompress.tasks import Task, torch_predictor
 from edgecompress.export.artifact import Artifact
-from edgecompress.export.onnx import export_onnx
+from edgecompress.runtimes.onnxruntime import export_onnx
 from edgecompress.measure.latency import benchmark
 from edgecompress.quant.ptq import cpu_has_vnni, save_program
 from edgecompress.recipe import load_recipe, parse_recipe

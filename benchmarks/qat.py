@@ -22,7 +22,7 @@ import torch
 from edgecompress import baseline
 from edgecompress.context import StageContext
 from edgecompress.data import load_task
-from edgecompress.export.onnx import export_onnx
+from edgecompress.runtimes.onnxruntime import export_onnx
 from edgecompress.quant.ptq import cpu_has_vnni
 from edgecompress.recipe import load_recipe
 from edgecompress.registry import get

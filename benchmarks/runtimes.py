@@ -30,7 +30,7 @@ MODELS = {
 def _rows(name: str, model_spec: dict, out: Path) -> list[dict]:
     from edgecompress import baseline
     from edgecompress.data import data_spec, load_task
-    from edgecompress.measure.runtimes import compare_runtimes
+    from edgecompress.runcompare import compare_runtimes
     from edgecompress.recipe import parse_recipe
     from edgecompress.settings import ExportSettings
 

@@ -24,7 +24,7 @@ import torch
 from edgecompress import baseline, zoo
 from edgecompress.context import StageContext
 from edgecompress.data import data_spec, load_task
-from edgecompress.export.onnx import export_onnx
+from edgecompress.runtimes.onnxruntime import export_onnx
 from edgecompress.measure.latency import benchmark
 from edgecompress.recipe import load_recipe
 from edgecompress.registry import get

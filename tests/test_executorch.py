@@ -10,7 +10,7 @@ import torch
 import edgecompress as ec
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export import Artifact, export
-from edgecompress.measure.runtimes import resolve_fastest
+from edgecompress.runcompare import resolve_fastest
 from edgecompress.settings import ExportSettings
 
 EXECUTORCH = ExportSettings(format="executorch", warmup=2, repeats=5)

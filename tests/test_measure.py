@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from edgecompress import runtimes
 from edgecompress.tasks import ClassificationTask, Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export import Artifact, export
@@ -104,8 +105,9 @@ def test_benchmark(tmp_path, fmt, runtime):
 
 def test_onnx_worker_does_not_import_torch(tmp_path):
     art = export(mlp().eval(), torch.randn(1, 3, 8, 8), tmp_path, FAST)
+    entry = runtimes.get("onnxruntime").bench_entry
     code = (f"import runpy, sys; w = runpy.run_path({str(WORKER)!r}); "
-            f"w['LOADERS']['onnxruntime']({str(art.path)!r}, 1)(); print('torch' in sys.modules)")
+            f"w['load_entry']({entry!r})({str(art.path)!r}, 1)(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -16,7 +16,7 @@ from edgecompress.context import StageContext
 from edgecompress.tasks import ClassificationTask, Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
-from edgecompress.export.onnx import export_onnx
+from edgecompress.runtimes.onnxruntime import export_onnx
 from edgecompress.quant.ptq import PTQConfig, cpu_has_vnni, save_program
 from edgecompress.registry import get
 from edgecompress.settings import ExportSettings

@@ -168,7 +168,7 @@ def bench(
 
 def _bench_runtimes(run_dir: Path, threads: int, batch: int, repeats: int, warmup: int, trust_pickle: bool) -> None:
     """``bench RUN_DIR``: one table row per runtime and precision, all measured with the same settings."""
-    from edgecompress.measure.runtimes import compare_run
+    from edgecompress.runcompare import compare_run
     from edgecompress.settings import ExportSettings
 
     try:

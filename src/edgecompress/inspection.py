@@ -10,12 +10,9 @@ from torch import nn
 
 from edgecompress import zoo
 from edgecompress.errors import EdgeCompressError
-from edgecompress.export import Artifact
-from edgecompress.export.executorch import pte_info
-from edgecompress.export.onnx import load_onnx
-from edgecompress.export.runtimes import load_pt2
 from edgecompress.measure import count_macs, count_params, layer_table
 from edgecompress.prune.analysis import prunability
+from edgecompress.runtimes import Artifact, all_runtimes, for_suffix
 from edgecompress.zoo.loading import ModelSpec, check_input, load_model
 
 
@@ -58,16 +55,17 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
 
 
 def artifact_from_file(path: Path, input_shape: tuple[int, ...] | None) -> tuple[Artifact, tuple[int, ...]]:
-    """Wrap an exported file as an Artifact and find its per-sample input shape. The file is validated first (the
-    ONNX checker; a trial load of a .pt2, and of a .pte in a child process), so a damaged one raises an
-    EdgeCompressError instead of failing, or aborting the process, in its runtime."""
+    """Wrap an exported file as an Artifact of the runtime registered for its suffix and find its per-sample input
+    shape. The runtime validates the file first (the ONNX checker; a trial load of a .pt2, and of a .pte in a child
+    process), so a damaged one raises an EdgeCompressError instead of failing, or aborting the process, later."""
     if not path.is_file():
-        raise EdgeCompressError("artifact not found: no such file or directory", where=str(path), fix=_BENCH_TAKES)
-    if path.suffix not in _READERS:
-        raise EdgeCompressError(f"unknown artifact type {path.suffix!r}", where=str(path), fix=_BENCH_TAKES)
+        raise EdgeCompressError("artifact not found: no such file or directory", where=str(path), fix=_bench_takes())
+    runtime = for_suffix(path.suffix)
+    if runtime is None:
+        raise EdgeCompressError(f"unknown artifact type {path.suffix!r}", where=str(path), fix=_bench_takes())
     if path.stat().st_size == 0:
         raise EdgeCompressError("the file is empty (0 bytes)", where=str(path), fix="export the model again")
-    art, shape = _READERS[path.suffix](path)
+    art, shape = runtime.validate(path)
     shape = input_shape or shape
     if not shape or not all(shape):
         raise EdgeCompressError("cannot tell the input shape from the file", where=str(path),
@@ -75,23 +73,8 @@ def artifact_from_file(path: Path, input_shape: tuple[int, ...] | None) -> tuple
     return art, tuple(shape)
 
 
-def _onnx_file(path: Path) -> tuple[Artifact, tuple[int, ...]]:
-    proto = load_onnx(path)
-    data = path.with_name(path.name + ".data")
-    art = Artifact(path, "onnx", "onnxruntime", "int8" if _is_quantized(proto) else "fp32",
-                   [data] if data.exists() else [])
-    return art, tuple(d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:])
-
-
-def _pt2_file(path: Path) -> tuple[Artifact, tuple[int, ...]]:
-    load_pt2(path)  # a trial load: a damaged archive fails here, not in the benchmark
-    return Artifact(path, "pytorch", "torch"), ()
-
-
-_BENCH_TAKES = ("bench takes an exported .onnx (ONNX Runtime), .pte (ExecuTorch) or .pt2 (torch.export) file, or the "
-                "directory of a finished `edgecompress run`")
-_READERS = {".onnx": _onnx_file, ".pt2": _pt2_file, ".pte": pte_info}  # suffix -> checked artifact, input shape
-
-
-def _is_quantized(proto) -> bool:
-    return any(n.op_type in ("QuantizeLinear", "QLinearConv", "MatMulInteger", "ConvInteger") for n in proto.graph.node)
+def _bench_takes() -> str:
+    """'bench takes an exported .onnx (ONNX Runtime), ... or .pt2 (torch.export) file, or ...', from the registry."""
+    kinds = [f"{suffix} ({r.label})" for r in all_runtimes() for suffix in r.suffixes]
+    listed = " or ".join(filter(None, [", ".join(kinds[:-1]), kinds[-1]]))
+    return f"bench takes an exported {listed} file, or the directory of a finished `edgecompress run`"

@@ -205,7 +205,7 @@ class Pipeline:
         """``export.format: fastest``: export the baseline for both runtimes, keep the faster for the whole run."""
         if self.export.format != "fastest":
             return
-        from edgecompress.measure.runtimes import resolve_fastest
+        from edgecompress.runcompare import resolve_fastest
 
         console.print("choosing the faster runtime for the baseline (ONNX Runtime vs ExecuTorch)")
         self.export, self.runtime_choice = resolve_fastest(model, self.task, self.export, self.out / "runtime-choice")

@@ -23,7 +23,7 @@ from torch import nn
 from edgecompress.checkpoint import load_model
 from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
-from edgecompress.export.onnx import export_onnx
+from edgecompress.runtimes.onnxruntime import export_onnx
 from edgecompress.measure import benchmark, count_macs, count_params
 from edgecompress.prune.lottery import sparsity
 from edgecompress.prune.shifter import shift

@@ -6,8 +6,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# format -> the runtime that runs it ("fastest" is resolved by the pipeline to one of the first two)
-FORMAT_RUNTIME = {"onnx": "onnxruntime", "executorch": "executorch", "pytorch": "torch"}
+from edgecompress.runtimes import all_runtimes, for_format
+
+_RUNTIMES = all_runtimes()  # registered ones: a recipe may name their formats and runtimes
+_FORMATS = (*(r.format for r in _RUNTIMES), "fastest")  # "fastest": the pipeline picks one of the compared formats
+_NAMES = tuple(r.name for r in _RUNTIMES)
+_FORMATS_TEXT = ", ".join(f"{r.format} ({r.label})" for r in _RUNTIMES)
+_COMPARED = " or ".join(r.format for r in _RUNTIMES if r.compared)
 
 
 class ExportSettings(BaseModel):
@@ -15,11 +20,11 @@ class ExportSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["onnx", "executorch", "pytorch", "fastest"] = Field(
-        "onnx", description="artifact format: ONNX file, ExecuTorch .pte (XNNPACK), torch.export archive, or fastest "
-                            "(onnx or executorch, whichever runs the baseline faster with these threads and batch)",
+    format: Literal[_FORMATS] = Field(
+        "onnx", description=f"artifact format: {_FORMATS_TEXT}, or fastest ({_COMPARED}, whichever runs the baseline "
+                            "faster with these threads and batch)",
     )
-    runtime: Literal["onnxruntime", "executorch", "torch"] = Field(
+    runtime: Literal[_NAMES] = Field(
         "onnxruntime", description="runtime that runs the artifact (default: the one that runs the format)",
     )
     opset: int = Field(17, ge=13, le=21, description="ONNX opset")
@@ -33,6 +38,7 @@ class ExportSettings(BaseModel):
     def _runtime_follows_format(cls, data: object) -> object:
         """A format given without a runtime gets the runtime that runs it."""
         fmt = data.get("format") if isinstance(data, dict) else None
-        if isinstance(fmt, str) and fmt in FORMAT_RUNTIME and "runtime" not in data:  # a list/dict is left to pydantic
-            data = {**data, "runtime": FORMAT_RUNTIME[fmt]}
+        runtime = for_format(fmt) if isinstance(fmt, str) else None  # a list/dict is left to pydantic
+        if runtime is not None and "runtime" not in data:
+            data = {**data, "runtime": runtime.name}
         return data

@@ -13,10 +13,11 @@ from edgecompress.settings import ExportSettings
 if TYPE_CHECKING:
     from torch import nn
 
+    from edgecompress.runtimes import Artifact
     from edgecompress.tasks import Task
-    from edgecompress.export.artifact import Artifact
 
-__all__ = ["benchmark", "count_macs", "count_nonzero", "count_params", "energy_per_sample", "layer_table", "measure"]
+__all__ = ["benchmark", "count_macs", "count_nonzero", "count_params", "energy_per_sample", "layer_table", "measure",
+           "measure_artifact"]
 
 
 def measure(model: nn.Module, artifact: Artifact, task: Task, settings: ExportSettings, *,
@@ -48,3 +49,19 @@ def measure(model: nn.Module, artifact: Artifact, task: Task, settings: ExportSe
                   threads=settings.threads, batch=settings.batch)
     result.update(artifact.details)  # e.g. how much of an ExecuTorch program XNNPACK runs
     return result
+
+
+def measure_artifact(artifact: Artifact, task: Task, settings: ExportSettings, *, accuracy: bool = True,
+                     throughput_batch: int | None = None) -> dict[str, Any]:
+    """Accuracy (if asked and labelled), bytes, latency p50/p95 at ``settings.batch`` and throughput at
+    ``throughput_batch`` (default: the same batch) of one artifact: one row of a runtime comparison."""
+    row: dict[str, Any] = {"runtime": artifact.runtime, "format": artifact.format, "precision": artifact.precision}
+    if accuracy and task.has_labels:
+        row["accuracy"] = task.evaluate(artifact.runner(settings.threads))["accuracy"]
+    timing = {"threads": settings.threads, "warmup": settings.warmup, "repeats": settings.repeats}
+    latency = benchmark(artifact, task.input_shape, batch=settings.batch, **timing)
+    row.update(size_bytes=artifact.size_bytes, latency_p50_ms=latency["latency_p50_ms"],
+               latency_p95_ms=latency["latency_p95_ms"], throughput_sps=latency["throughput_sps"])
+    if throughput_batch and throughput_batch != settings.batch:
+        row["throughput_sps"] = benchmark(artifact, task.input_shape, batch=throughput_batch, **timing)["throughput_sps"]
+    return {**row, "throughput_batch": throughput_batch or settings.batch, **artifact.details}

@@ -1,10 +1,10 @@
 """Benchmark worker: times one artifact in a fresh process and prints one JSON line on stdout.
 
 Started by :func:`edgecompress.measure.latency.benchmark` as a script, ``python -P _bench_worker.py '<json>'``,
-with the keys path, runtime, input_shape, threads, batch, warmup, repeats. It is run by path, not with
-``-m``, because importing the ``edgecompress`` package imports torch and the whole toolkit: this file
-imports only the standard library, numpy and the artifact's runtime (no torch for ONNX), so it starts fast.
-Its runners use the same settings as ``edgecompress.export.runtimes``.
+with the keys entry (the runtime's ``bench`` function, ``module:function``), path, input_shape, threads, batch,
+warmup, repeats. It is run by path, not with ``-m``, because importing the ``edgecompress`` package imports torch
+and the whole toolkit: this file imports only the standard library, numpy and the runtime's module with what it
+needs (no torch for ONNX), so it starts fast.
 
 Peak memory: the resident set (VmRSS) is read after the runtime is imported and the input is built, the
 high-water mark is reset (``/proc/self/clear_refs``; where that is refused the mark may include import-time
@@ -14,6 +14,8 @@ model load plus inference, the runtime's own import excluded.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import sys
 import time
@@ -59,80 +61,19 @@ def _rapl_mj(start: int | None, end: int | None) -> float | None:
     return (end - start) / 1e3
 
 
-def _onnxruntime_loader(path: str, threads: int) -> Callable[[], Runner]:
-    """Same session options as ``edgecompress.export.runtimes.onnxruntime_runner``, without importing torch."""
-    import onnxruntime as ort
-
-    def load() -> Runner:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: x})[0]
-
-    return load
-
-
-def _torch_loader(path: str, threads: int) -> Callable[[], Runner]:
-    """Same as ``edgecompress.export.runtimes.torch_runner``: the module of a ``torch.export`` archive.
-
-    A one-weight archive is exported, saved and loaded first (about 2 s of CPU), so that the ~100 MiB of modules that
-    ``torch.export.load`` imports on first use count as the runtime's import, not as the model's memory.
-    """
-    import tempfile
-
-    import torch
-    import torchao  # noqa: F401  (registers the quantized ops that INT8 .pt2 archives use)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        warm = f"{tmp}/warm.pt2"
-        torch.export.save(torch.export.export(torch.nn.Linear(1, 1), (torch.zeros(1, 1),)), warm)
-        torch.export.load(warm).module()(torch.zeros(1, 1))
-
-    def load() -> Runner:
-        torch.set_num_threads(threads)
-        module = torch.export.load(path).module()
-
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return module(torch.from_numpy(x))
-
-        return run
-
-    return load
-
-
-def _executorch_loader(path: str, threads: int) -> Callable[[], Runner]:
-    """Same as ``edgecompress.export.executorch.executorch_runner``: the ``forward`` method of a ``.pte`` program,
-    XNNPACK thread pool at ``threads``, inputs above the program's batch in chunks (its Python runtime needs torch)."""
-    import torch
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
-
-    def load() -> Runner:
-        portable_lib._unsafe_reset_threadpool(threads)
-        program = Runtime.get().load_program(path)
-        method = program.load_method("forward")
-        limit = method.metadata.input_tensor_meta(0).sizes()[0]
-
-        def run(x: np.ndarray) -> list:
-            _ = program  # the method needs its program alive
-            return [method.execute((chunk,)) for chunk in torch.from_numpy(x).split(limit)]
-
-        return run
-
-    return load
-
-
-# runtime -> import the runtime now, return a function that loads the model later
-LOADERS = {"onnxruntime": _onnxruntime_loader, "torch": _torch_loader, "executorch": _executorch_loader}
+def load_entry(spec: str) -> Callable[[str, int], Callable[[], Runner]]:
+    """The runtime's ``bench`` function named by ``module:function``. The ``edgecompress`` package is entered
+    without running its ``__init__`` (which imports torch and the whole toolkit): a runtime module imports only
+    what its runtime needs."""
+    module, _, name = spec.partition(":")
+    if module.startswith("edgecompress.") and "edgecompress" not in sys.modules:
+        sys.modules["edgecompress"] = importlib.util.module_from_spec(importlib.util.find_spec("edgecompress"))
+    return getattr(importlib.import_module(module), name)
 
 
 def run(cfg: dict) -> dict:
     """Load the artifact, run warmup + repeats on a fixed random batch, return timing and memory."""
-    load = LOADERS[cfg["runtime"]](cfg["path"], cfg["threads"])
+    load = load_entry(cfg["entry"])(cfg["path"], cfg["threads"])
     batch = cfg["batch"]
     x = np.random.default_rng(0).standard_normal((batch, *cfg["input_shape"]), dtype=np.float32)
     baseline_kib = _status_kib("VmRSS")

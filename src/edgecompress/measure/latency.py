@@ -2,14 +2,14 @@
 
 A fresh process per benchmark keeps the numbers honest: no memory of the calling process (the PyTorch model,
 the data) counts as the artifact's, and the runtime gets the thread count it is asked for. The worker runs as
-a script (``python -P``, so its folder does not shadow modules on sys.path) to keep torch out of ONNX runs.
+a script (``python -P``, so its folder does not shadow modules on sys.path) to keep torch out of ONNX runs, and
+calls the ``bench`` entry of the artifact's registered runtime.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgecompress.errors import EdgeCompressError
+from edgecompress.runtimes import get
+from edgecompress.runtimes.base import exit_reason
 
 if TYPE_CHECKING:
-    from edgecompress.export.artifact import Artifact
+    from edgecompress.runtimes import Artifact
 
 WORKER = Path(__file__).with_name("_bench_worker.py")
 
@@ -35,7 +37,7 @@ def benchmark(artifact: Artifact, input_shape: Sequence[int], *, threads: int = 
     for f in artifact.files:
         if not Path(f).is_file():
             raise EdgeCompressError("artifact file not found", where=str(f), fix="export the model again")
-    cfg = {"path": str(artifact.path), "runtime": artifact.runtime, "input_shape": list(input_shape),
+    cfg = {"entry": get(artifact.runtime).bench_entry, "path": str(artifact.path), "input_shape": list(input_shape),
            "threads": threads, "batch": batch, "warmup": warmup, "repeats": repeats}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-P", str(WORKER), json.dumps(cfg)]
@@ -45,10 +47,3 @@ def benchmark(artifact: Artifact, input_shape: Sequence[int], *, threads: int = 
                                 fix="check that the artifact runs: artifact.runner()(batch)")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
-
-def exit_reason(proc: subprocess.CompletedProcess) -> str:
-    """Why a child process failed: the signal that killed it (a crash in native code), and its last error line."""
-    last = (proc.stderr.strip().splitlines() or ["no error output"])[-1].strip()
-    if proc.returncode < 0:
-        return f"it crashed ({signal.strsignal(-proc.returncode) or f'signal {-proc.returncode}'}): {last}"
-    return last

@@ -357,7 +357,7 @@ def fp32_onnx(model: nn.Module, ctx: StageContext, example: torch.Tensor) -> tup
     """
     from onnxruntime.quantization import quant_pre_process
 
-    from edgecompress.export.onnx import export_onnx
+    from edgecompress.runtimes.onnxruntime import export_onnx
 
     work = ctx.scratch_dir()
     fp32 = export_onnx(model, example, work / "model_fp32.onnx", ctx.export.opset)

@@ -47,7 +47,7 @@ from edgecompress.calibration import MIN_CALIB_SAMPLES, calibration_samples
 from edgecompress.context import StageContext, StageOutput
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
-from edgecompress.export.onnx import export_onnx
+from edgecompress.runtimes.onnxruntime import export_onnx
 from edgecompress.nn.bn import fold_batchnorms
 from edgecompress.nn.layers import build_graph
 from edgecompress.quant.ptq import (

@@ -19,7 +19,7 @@ from torch import nn
 from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
-from edgecompress.export.executorch import lower_to_pte, max_batch, trace
+from edgecompress.runtimes.executorch import lower_to_pte, max_batch, trace
 
 CALIB_BATCH = 32
 

@@ -27,7 +27,7 @@ from onnx import helper, numpy_helper, version_converter
 from torch import nn
 
 from edgecompress.export.artifact import Artifact
-from edgecompress.export.onnx import export_onnx
+from edgecompress.runtimes.onnxruntime import export_onnx
 from edgecompress.quant.weights.quantizer import QuantizedWeight, container_bits
 
 OPSET = 21  # INT4 and blocked DequantizeLinear

@@ -1,4 +1,4 @@
-"""ExecuTorch export (``.pte``, XNNPACK delegate) and the ExecuTorch runtime.
+"""ExecuTorch with the XNNPACK delegate, running ``.pte`` programs.
 
 Export: ``torch.export`` with a dynamic batch dimension -> ``to_edge_transform_and_lower`` with the
 ``XnnpackPartitioner`` -> ``to_executorch`` -> the program buffer written atomically. The same lowering serves the
@@ -12,12 +12,12 @@ bound silently drops to 15 (any larger input then fails). Measured on mnist_cnn:
 run batch 1 and batch 32 at the same latency, so nothing is lost by keeping the batch dynamic.
 
 Runtime: ``executorch.runtime.Runtime.get().load_program(path).load_method("forward")``, after a check of the
-file identifier (the runtime can abort the process on a file without it); ``pte_info``, which reads a file given on
-the command line, loads it in a child process, so that a damaged program aborts only the child. Threads: the only
-control the Python runtime exposes is the process-wide ``_unsafe_reset_threadpool``, and it segfaults the next
+file identifier (the runtime can abort the process on a file without it); ``validate``, which checks a file given
+on the command line, loads it in a child process, so that a damaged program aborts only the child. Threads: the
+only control the Python runtime exposes is the process-wide ``_unsafe_reset_threadpool``, and it segfaults the next
 ``execute`` in a process that has lowered a program (measured: reset to 1 thread after an export). So the
-thread count is honoured where latency is timed, in the fresh benchmark process (``measure/_bench_worker.py``);
-the in-process runner (used for accuracy) leaves the pool at ExecuTorch's default (one thread per core).
+thread count is honoured where latency is timed, in the fresh benchmark process (``bench``); the in-process
+runner (used for accuracy) leaves the pool at ExecuTorch's default (one thread per core).
 """
 
 from __future__ import annotations
@@ -28,20 +28,32 @@ import subprocess
 import sys
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.export.artifact import RUNTIMES, Artifact, Runner
+from edgecompress.runtimes.artifact import Artifact, Runner
+from edgecompress.runtimes.base import Runtime, exit_reason, register
 
 if TYPE_CHECKING:
+    import torch
+
     from edgecompress.settings import ExportSettings
 
 MIN_MAX_BATCH = 32
 _NOT_KERNELS = {"getitem", "sym_size"}  # graph bookkeeping, not ops a kernel runs
+PTE_IDENTIFIER = b"ET12"  # the flatbuffer file_identifier of executorch/schema/program.fbs, at bytes 4..8
+
+# validate's trial load, run in a child process: prints the forward method's input sizes
+_TRIAL_LOAD = """
+import json, sys
+from executorch.runtime import Runtime
+program = Runtime.get().load_program(sys.argv[1])
+print(json.dumps(list(program.load_method("forward").metadata.input_tensor_meta(0).sizes())))
+"""
 
 
 def max_batch(settings: ExportSettings) -> int:
@@ -51,6 +63,8 @@ def max_batch(settings: ExportSettings) -> int:
 
 def trace(module: torch.nn.Module, example: torch.Tensor, batch: int) -> torch.export.ExportedProgram:
     """``torch.export`` with batch dimension 1..``batch``, traced at ``batch`` (see the module docstring)."""
+    import torch
+
     # contiguous strides: a channels-last-looking example (C=1 slices can have them) would make the program NHWC
     x = example[:1].expand(batch, *example.shape[1:]).clone(memory_format=torch.contiguous_format)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=batch)},)
@@ -85,22 +99,11 @@ def lower_to_pte(program: torch.export.ExportedProgram, path: Path, precision: s
     return Artifact(path, "executorch", "executorch", precision, details=details)
 
 
-def export_executorch(model: torch.nn.Module, example_inputs: torch.Tensor, out_dir: Path,
-                      settings: ExportSettings, name: str) -> Artifact:
+def export(model: torch.nn.Module, example_inputs: torch.Tensor, out_dir: Path, settings: ExportSettings,
+           name: str) -> Artifact:
     """FP32 ``name.pte``: XNNPACK-delegated ExecuTorch program with a dynamic batch up to ``max_batch``."""
     program = trace(copy.deepcopy(model).eval(), example_inputs, max_batch(settings))
     return lower_to_pte(program, Path(out_dir) / f"{name}.pte", "fp32")
-
-
-PTE_IDENTIFIER = b"ET12"  # the flatbuffer file_identifier of executorch/schema/program.fbs, at bytes 4..8
-
-# pte_info's trial load, run in a child process: prints the forward method's input sizes
-_TRIAL_LOAD = """
-import json, sys
-from executorch.runtime import Runtime
-program = Runtime.get().load_program(sys.argv[1])
-print(json.dumps(list(program.load_method("forward").metadata.input_tensor_meta(0).sizes())))
-"""
 
 
 def check_pte_header(path: Path) -> None:
@@ -118,28 +121,11 @@ def _bad_pte(path: Path, why: str) -> EdgeCompressError:
                              fix="the file is damaged or not a .pte program: export the model again")
 
 
-def _load(path: Path):
-    """(program, forward method) of a ``.pte`` file; the method is only valid while the program lives."""
-    from executorch.runtime import Runtime
-
-    if not Path(path).is_file():
-        raise EdgeCompressError("executorch artifact file not found", where=str(path),
-                                fix="export the model again (export.format: executorch)")
-    check_pte_header(path)
-    try:
-        program = Runtime.get().load_program(Path(path))
-        return program, program.load_method("forward")
-    except Exception as err:  # the pybindings raise RuntimeError / ValueError with ExecuTorch error codes
-        raise _bad_pte(path, f"{type(err).__name__}: {err}") from err
-
-
-def pte_info(path: Path) -> tuple[Artifact, tuple[int, ...]]:
-    """A ``.pte`` file as an FP32-labelled artifact, and its per-sample input shape (from the method's metadata).
+def validate(path: Path) -> tuple[Artifact, tuple[int, ...]]:
+    """The file as an FP32-labelled artifact, and its per-sample input shape (from the method's metadata).
 
     The program is loaded in a child process, so a file that makes the runtime abort ends only the child.
     """
-    from edgecompress.measure.latency import exit_reason
-
     check_pte_header(path)
     proc = subprocess.run([sys.executable, "-c", _TRIAL_LOAD, str(path)], capture_output=True, text=True,
                           check=False)
@@ -149,11 +135,26 @@ def pte_info(path: Path) -> tuple[Artifact, tuple[int, ...]]:
     return Artifact(Path(path), "executorch", "executorch"), tuple(sizes[1:])
 
 
-def executorch_runner(artifact: Artifact, threads: int) -> Runner:
-    """ExecuTorch's Python runtime on the ``forward`` method; inputs above the program's batch run in chunks.
+def _load(path: Path):
+    """(program, forward method) of a ``.pte`` file; the method is only valid while the program lives."""
+    from executorch.runtime import Runtime as ExecuTorch
 
-    ``threads`` is not applied here (see the module docstring): the benchmark worker applies it.
-    """
+    if not Path(path).is_file():
+        raise EdgeCompressError("executorch artifact file not found", where=str(path),
+                                fix="export the model again (export.format: executorch)")
+    check_pte_header(path)
+    try:
+        program = ExecuTorch.get().load_program(Path(path))
+        return program, program.load_method("forward")
+    except Exception as err:  # the pybindings raise RuntimeError / ValueError with ExecuTorch error codes
+        raise _bad_pte(path, f"{type(err).__name__}: {err}") from err
+
+
+def runner(artifact: Artifact, threads: int) -> Runner:
+    """The ``forward`` method; inputs above the program's batch run in chunks. ``threads`` is not applied here
+    (see the module docstring): ``bench`` applies it."""
+    import torch
+
     program, method = _load(artifact.path)
     limit = method.metadata.input_tensor_meta(0).sizes()[0]
 
@@ -165,4 +166,27 @@ def executorch_runner(artifact: Artifact, threads: int) -> Runner:
     return run
 
 
-RUNTIMES["executorch"] = executorch_runner
+def bench(path: str, threads: int) -> Callable[[], Runner]:
+    """The benchmark worker's entry: the XNNPACK thread pool at ``threads``, inputs above the program's batch in
+    chunks (ExecuTorch's Python runtime needs torch)."""
+    import torch
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime as ExecuTorch
+
+    def load() -> Runner:
+        portable_lib._unsafe_reset_threadpool(threads)
+        program = ExecuTorch.get().load_program(path)
+        method = program.load_method("forward")
+        limit = method.metadata.input_tensor_meta(0).sizes()[0]
+
+        def run(x: np.ndarray) -> list:
+            _ = program  # the method needs its program alive
+            return [method.execute((chunk,)) for chunk in torch.from_numpy(x).split(limit)]
+
+        return run
+
+    return load
+
+
+register(Runtime("executorch", "executorch", "ExecuTorch", (".pte",), export, validate, runner, bench, compared=True,
+                 order=1))

@@ -1,9 +1,12 @@
-"""One model in two deployment runtimes side by side: ONNX Runtime (``.onnx``) and ExecuTorch/XNNPACK (``.pte``).
+"""One model in every compared runtime side by side (ONNX Runtime ``.onnx`` and ExecuTorch/XNNPACK ``.pte``), and
+the two run-level uses of that: ``export.format: fastest`` (:func:`resolve_fastest`, called by the pipeline) and
+``bench RUN_DIR`` (:func:`compare_run`).
 
 ``compare_runtimes`` exports the model (and, on request, its static INT8 version from ``quant.ptq``) in each
-runtime's format and measures every artifact the same way: accuracy in its runtime, bytes on disk, latency
-p50/p95 and throughput in a fresh benchmark process with the same threads and batch. ``resolve_fastest`` is
-how the pipeline turns ``export.format: fastest`` into a format: the baseline's p50 latency decides.
+runtime's format and measures every artifact the same way (:func:`edgecompress.measure.measure_artifact`):
+accuracy in its runtime, bytes on disk, latency p50/p95 and throughput in a fresh benchmark process with the same
+threads and batch. This module sits above ``measure`` and ``runtimes``: it builds models, tasks and INT8 artifacts
+from recipes and stages.
 """
 
 from __future__ import annotations
@@ -14,19 +17,21 @@ from typing import Any
 
 from torch import nn
 
-from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
-from edgecompress.export.artifact import Artifact
-from edgecompress.measure.latency import benchmark
-from edgecompress.settings import FORMAT_RUNTIME, ExportSettings
+from edgecompress.measure import measure_artifact
+from edgecompress.runtimes import Artifact, all_runtimes, export, get
+from edgecompress.settings import ExportSettings
+from edgecompress.tasks import Task
 
-RUNTIMES = ("onnxruntime", "executorch")  # the two runtimes a recipe can choose between
-_RUNTIME_FORMAT = {runtime: fmt for fmt, runtime in FORMAT_RUNTIME.items()}
+
+def compared_runtimes() -> list[str]:
+    """The runtimes a recipe can choose between with ``export.format: fastest``."""
+    return [r.name for r in all_runtimes() if r.compared]
 
 
 def runtime_settings(settings: ExportSettings, runtime: str) -> ExportSettings:
     """``settings`` with the format and runtime of ``runtime`` (threads, batch, repeats kept)."""
-    return settings.model_copy(update={"format": _RUNTIME_FORMAT[runtime], "runtime": runtime})
+    return settings.model_copy(update={"format": get(runtime).format, "runtime": runtime})
 
 
 def runtime_artifacts(model: nn.Module, task: Task, settings: ExportSettings, out_dir: Path, runtime: str,
@@ -34,7 +39,6 @@ def runtime_artifacts(model: nn.Module, task: Task, settings: ExportSettings, ou
     """The FP32 artifact of ``model`` for ``runtime`` and, with ``int8``, the default ``quant.ptq`` artifact."""
     from edgecompress import registry
     from edgecompress.context import StageContext
-    from edgecompress.export import export
 
     rt_settings, work = runtime_settings(settings, runtime), Path(out_dir) / runtime
     artifacts = [export(model, task.example_inputs(1), work, rt_settings)]
@@ -45,34 +49,20 @@ def runtime_artifacts(model: nn.Module, task: Task, settings: ExportSettings, ou
     return artifacts
 
 
-def measure_artifact(artifact: Artifact, task: Task, settings: ExportSettings, *, accuracy: bool = True,
-                     throughput_batch: int | None = None) -> dict[str, Any]:
-    """Accuracy (if asked and labelled), bytes, latency p50/p95 at ``settings.batch`` and throughput at
-    ``throughput_batch`` (default: the same batch) of one artifact."""
-    row: dict[str, Any] = {"runtime": artifact.runtime, "format": artifact.format, "precision": artifact.precision}
-    if accuracy and task.has_labels:
-        row["accuracy"] = task.evaluate(artifact.runner(settings.threads))["accuracy"]
-    timing = {"threads": settings.threads, "warmup": settings.warmup, "repeats": settings.repeats}
-    latency = benchmark(artifact, task.input_shape, batch=settings.batch, **timing)
-    row.update(size_bytes=artifact.size_bytes, latency_p50_ms=latency["latency_p50_ms"],
-               latency_p95_ms=latency["latency_p95_ms"], throughput_sps=latency["throughput_sps"])
-    if throughput_batch and throughput_batch != settings.batch:
-        row["throughput_sps"] = benchmark(artifact, task.input_shape, batch=throughput_batch, **timing)["throughput_sps"]
-    return {**row, "throughput_batch": throughput_batch or settings.batch, **artifact.details}
-
-
 def compare_runtimes(model: nn.Module, task: Task, settings: ExportSettings, out_dir: Path, *,
-                     runtimes: Sequence[str] = RUNTIMES, int8: bool = False, accuracy: bool = True,
+                     runtimes: Sequence[str] | None = None, int8: bool = False, accuracy: bool = True,
                      throughput_batch: int | None = None) -> list[dict[str, Any]]:
-    """One row per (runtime, precision): ``measure_artifact`` of each artifact, with the same settings."""
+    """One row per (runtime, precision): ``measure_artifact`` of each artifact, with the same settings.
+    ``runtimes`` defaults to the compared ones."""
     return [measure_artifact(a, task, settings, accuracy=accuracy, throughput_batch=throughput_batch)
-            for runtime in runtimes for a in runtime_artifacts(model, task, settings, out_dir, runtime, int8)]
+            for runtime in (compared_runtimes() if runtimes is None else runtimes)
+            for a in runtime_artifacts(model, task, settings, out_dir, runtime, int8)]
 
 
 def resolve_fastest(model: nn.Module, task: Task, settings: ExportSettings,
                     out_dir: Path) -> tuple[ExportSettings, dict[str, Any]]:
-    """``export.format: fastest`` -> the format whose runtime runs ``model`` with the lower p50 latency (FP32,
-    the recipe's threads and batch). Returns the resolved settings and the record of both measurements."""
+    """``export.format: fastest`` -> the format whose runtime runs ``model`` with the lowest p50 latency (FP32,
+    the recipe's threads and batch). Returns the resolved settings and the record of every measurement."""
     rows = compare_runtimes(model, task, settings, out_dir, accuracy=False)
     best = min(rows, key=lambda row: row["latency_p50_ms"])
     choice = {"chosen": best["runtime"], "format": best["format"],

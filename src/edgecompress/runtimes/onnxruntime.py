@@ -1,0 +1,125 @@
+"""ONNX Runtime on the CPU, running ``.onnx`` files.
+
+Export: the TorchScript exporter (dynamo=False): one self-contained file with a dynamic batch axis, outputs
+matching PyTorch to ~1e-6 in ONNX Runtime. A file given on the command line is checked with ``onnx.checker``
+first. Sessions: ``threads`` intra-op threads, one inter-op thread, sequential execution.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.runtimes.artifact import Artifact, Runner
+from edgecompress.runtimes.base import Runtime, check_files, register
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from edgecompress.settings import ExportSettings
+
+QUANTIZED_OPS = ("QuantizeLinear", "QLinearConv", "MatMulInteger", "ConvInteger")  # an INT8 model holds one
+
+
+def export_onnx(model: torch.nn.Module, example_inputs: torch.Tensor, path: Path, opset: int = 17) -> Artifact:
+    """Write ``model`` to ``path`` (atomically) with a dynamic batch axis; return the FP32 artifact."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    model = copy.deepcopy(model).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example_inputs,), str(tmp), dynamo=False, opset_version=opset,
+            input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        )
+    tmp.replace(path)
+    return Artifact(path, "onnx", "onnxruntime", "fp32")
+
+
+def export(model: torch.nn.Module, example_inputs: torch.Tensor, out_dir: Path, settings: ExportSettings,
+           name: str) -> Artifact:
+    """FP32 ONNX file ``name.onnx`` (opset from the settings, dynamic batch axis)."""
+    return export_onnx(model, example_inputs, out_dir / f"{name}.onnx", settings.opset)
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """The model in ``path`` (external data not loaded) once ``onnx.checker`` accepts the file; a damaged file or
+    one that is not ONNX raises an EdgeCompressError."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))  # by path: parses the file and finds external data next to it
+    except onnx.checker.ValidationError as err:
+        raise EdgeCompressError(f"not a valid ONNX model: {str(err).strip()}", where=str(path),
+                                fix="the file is damaged or not an ONNX model: export the model again") from None
+    proto = onnx.load(str(path), load_external_data=False)
+    if not proto.graph.input:
+        raise EdgeCompressError("the ONNX model has no inputs", where=str(path),
+                                fix="export a model that takes an input tensor")
+    return proto
+
+
+def validate(path: Path) -> tuple[Artifact, tuple[int, ...]]:
+    """The checked file as an artifact (INT8 when it holds quantized ops; its ``.data`` file when there is one)
+    and the per-sample input shape it declares."""
+    proto = load_onnx(path)
+    data = path.with_name(path.name + ".data")
+    precision = "int8" if any(n.op_type in QUANTIZED_OPS for n in proto.graph.node) else "fp32"
+    art = Artifact(path, "onnx", "onnxruntime", precision, [data] if data.exists() else [])
+    return art, tuple(d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:])
+
+
+def session(path: str | Path, threads: int) -> onnxruntime.InferenceSession:
+    """A CPU session: ``threads`` intra-op threads, one inter-op thread, sequential execution."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def runner(artifact: Artifact, threads: int) -> Runner:
+    check_files(artifact)
+    try:
+        sess = session(artifact.path, threads)
+    except Exception as err:  # onnxruntime raises its own pybind exception types
+        raise EdgeCompressError(
+            f"cannot load the {artifact.format} artifact in {artifact.runtime}: {type(err).__name__}: {err}",
+            where=str(artifact.path), fix="the file is corrupt or not of this format: export the model again",
+        ) from err
+    input_name = sess.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return sess.run(None, {input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    return run
+
+
+def bench(path: str, threads: int) -> Callable[[], Runner]:
+    """The benchmark worker's entry: ONNX Runtime imported now (no torch), the session made by ``load()``."""
+    import onnxruntime  # noqa: F401  (imported before the worker's memory baseline)
+
+    def load() -> Runner:
+        sess = session(path, threads)
+        name = sess.get_inputs()[0].name
+        return lambda x: sess.run(None, {name: x})[0]
+
+    return load
+
+
+register(Runtime("onnxruntime", "onnx", "ONNX Runtime", (".onnx",), export, validate, runner, bench, compared=True,
+                 order=0))
