@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from edgecompress.errors import EdgeCompressError
+from edgecompress.measure.cost import COUNTED, CostMeter
 from edgecompress.settings import ExportSettings
 
 if TYPE_CHECKING:
@@ -30,6 +33,37 @@ class StageOutput:
     artifact: Artifact | None = None
 
 
+class StageReport(BaseModel):
+    """What one stage cost, measured by the pipeline around the stage (the same fields for every stage).
+
+    labels_used / unlabeled_samples: distinct training and validation samples the stage read, counted as
+    labelled when the stage's configuration needs labels (``StageConfig.labels_needed``), else as unlabeled.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    wall_seconds: float = Field(ge=0)
+    cpu_seconds: float = Field(ge=0, description="CPU time of all threads of the process")
+    device: str = Field("cpu", description="where the compression work ran")
+    flops_forward: int = Field(ge=0, description="Conv/Linear FLOPs of PyTorch forward passes")
+    flops_backward: int = Field(ge=0, description="estimated: 2x the forward FLOPs of each backward pass")
+    flops_solve: int = Field(ge=0, description="linear-algebra FLOPs the stage reported (solves, Hessians)")
+    labels_used: int = Field(ge=0)
+    unlabeled_samples: int = Field(ge=0)
+    counted: str = Field(COUNTED, description="what the FLOP count covers")
+
+    @property
+    def flops(self) -> int:
+        return self.flops_forward + self.flops_backward + self.flops_solve
+
+    @classmethod
+    def of(cls, meter: CostMeter, ctx: StageContext | None, used: dict[str, int], labelled: bool) -> StageReport:
+        """The report of a stage from its meter, its context and the samples it read (``Task.reset_usage``)."""
+        samples = used.get("train", 0) + used.get("val", 0)
+        return cls(wall_seconds=round(meter.wall, 4), cpu_seconds=round(meter.cpu, 4), flops_forward=meter.forward,
+                   flops_backward=meter.backward, flops_solve=ctx.solve_flops if ctx else 0,
+                   labels_used=samples if labelled else 0, unlabeled_samples=0 if labelled else samples)
+
+
 @dataclass
 class StageContext:
     """Everything a stage may need beyond the model and its config.
@@ -41,6 +75,8 @@ class StageContext:
     export: export/runtime settings from the recipe (format, runtime, threads, batch, opset).
     info: details the stage wants in the report (tables, per-step histories): JSON-serialisable values.
     progress: show progress bars.
+    solve_flops: linear-algebra FLOPs outside PyTorch layers (least squares, Hessians), added by the stage
+    through ``add_solve_flops``; everything else in its :class:`StageReport` the pipeline measures itself.
     """
 
     task: Task | None = None
@@ -50,6 +86,10 @@ class StageContext:
     export: ExportSettings = field(default_factory=ExportSettings)
     info: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    solve_flops: int = 0
+
+    def add_solve_flops(self, flops: int) -> None:
+        self.solve_flops += int(flops)
 
     def require_task(self, stage: str) -> Task:
         if self.task is None:

@@ -19,11 +19,12 @@ from torch import nn
 
 from edgecompress import baseline, registry, rundir, validate
 from edgecompress.checkpoint import load_model, save_model
-from edgecompress.context import StageContext, StageOutput
+from edgecompress.context import StageContext, StageOutput, StageReport
 from edgecompress.data.datasets import load_task
 from edgecompress.tasks import Task
 from edgecompress.export import Artifact, export
 from edgecompress.measure import layer_table, measure
+from edgecompress.measure.cost import CostMeter
 from edgecompress.recipe import Recipe
 from edgecompress.settings import ExportSettings
 from edgecompress.ui import console
@@ -70,7 +71,7 @@ class Pipeline:
         self.progress, self.make_report = progress, report
         self.task = task
         self.export, self.runtime_choice = recipe.export, None  # resolved when export.format is "fastest"
-        self.baseline_seconds = 0.0  # loading (and training) the baseline
+        self.baseline_report: StageReport | None = None  # loading (and training) the baseline
 
     # -- model building -------------------------------------------------------------------------------
     def _build(self, arch: dict | None) -> nn.Module:
@@ -96,17 +97,17 @@ class Pipeline:
 
     # -- one stage ------------------------------------------------------------------------------------
     def _record(self, index: int, name: str, method: str, model: nn.Module, artifact: Artifact | None,
-                info: dict, seconds: float) -> dict:
+                info: dict, report: StageReport) -> dict:
         sdir = rundir.stage_dir(self.out, index, name)
         example = self.task.example_inputs(1)
         if artifact is None:
             artifact = export(model, example, sdir, self.export)
         metrics = measure(model, artifact, self.task, self.export)
-        metrics["stage_seconds"] = round(seconds, 3)
+        metrics["stage_seconds"] = round(report.wall_seconds, 3)
         save_model(model, sdir)
         return {
             "index": index, "name": name, "method": method, "metrics": metrics,
-            "layers": layer_table(model, example), "info": info,
+            "layers": layer_table(model, example), "info": info, "report": report.model_dump(),
             "checkpoint": str(sdir.relative_to(self.out)),
             "artifact": {**artifact.to_json(), "path": str(artifact.path.relative_to(self.out)),
                          "extra_files": [str(p.relative_to(self.out)) for p in artifact.extra_files]},
@@ -119,11 +120,12 @@ class Pipeline:
                            export=self.export, progress=self.progress)
         seed_everything(ctx.seed)
         console.print(f"[bold cyan]stage {index}[/] {entry.name}")
-        start = time.perf_counter()
-        result = stage(copy.deepcopy(model), entry.config, ctx)
-        seconds = time.perf_counter() - start
+        self.task.reset_usage()
+        with CostMeter() as meter:
+            result = stage(copy.deepcopy(model), entry.config, ctx)
+        report = StageReport.of(meter, ctx, self.task.reset_usage(), entry.config.labels_needed() is not None)
         out = result if isinstance(result, StageOutput) else StageOutput(result)
-        return self._record(index, entry.name, entry.method, out.model, out.artifact, ctx.info, seconds)
+        return self._record(index, entry.name, entry.method, out.model, out.artifact, ctx.info, report)
 
     # -- whole run ------------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -154,12 +156,14 @@ class Pipeline:
     def _load_baseline(self) -> nn.Module:
         """The model the run starts from (the user's, or the recipe's, trained when asked), checked against the task."""
         seed_everything(self.recipe.seed)
-        start = time.perf_counter()
-        model = (copy.deepcopy(self.user_model) if self.user_model is not None else
-                 baseline.load(self.recipe, self.task, trust_pickle=self.trust_pickle, progress=self.progress))
+        self.task.reset_usage()
+        with CostMeter() as meter:
+            model = (copy.deepcopy(self.user_model) if self.user_model is not None else
+                     baseline.load(self.recipe, self.task, trust_pickle=self.trust_pickle, progress=self.progress))
+        pretrained = self.recipe.model is not None and self.recipe.model.pretrain is not None
+        self.baseline_report = StageReport.of(meter, None, self.task.reset_usage(), labelled=pretrained)
         validate.check_model_and_task(model, self.task)
         self.task.bind_reference(model)
-        self.baseline_seconds = time.perf_counter() - start
         return model
 
     def _load_state(self) -> list[dict]:
@@ -223,7 +227,7 @@ class Pipeline:
             model = model if model is not None else self._load_baseline()
             self._resolve_fastest(model)
             console.print("[bold cyan]stage 0[/] baseline")
-            history.append(self._record(0, "baseline", "baseline", model, None, {}, self.baseline_seconds))
+            history.append(self._record(0, "baseline", "baseline", model, None, {}, self.baseline_report))
             self._save(history)
             workspace.baseline_saved()
             teacher = model

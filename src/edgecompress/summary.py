@@ -26,7 +26,20 @@ def summarize(history: list[dict[str, Any]], metric: str = "accuracy") -> dict[s
         "accuracy_drop_points": drop,
         "latency_speedup": _ratio(base.get("latency_p50_ms"), final.get("latency_p50_ms")),
         "total_seconds": round(sum(h["metrics"].get("stage_seconds", 0.0) for h in history), 2),
+        "compression_cost": compression_cost(history),
     }
+
+
+_COST_KEYS = ("wall_seconds", "cpu_seconds", "flops_forward", "flops_backward", "flops_solve", "labels_used",
+              "unlabeled_samples")
+
+
+def compression_cost(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stages' reports added up (the baseline's own training is left out): what compression cost."""
+    reports = [h["report"] for h in history[1:] if isinstance(h.get("report"), dict)]
+    total = {key: round(sum(r.get(key, 0) for r in reports), 4) for key in _COST_KEYS}
+    total["flops"] = total["flops_forward"] + total["flops_backward"] + total["flops_solve"]
+    return total
 
 
 _CHECKS = {  # target -> (summary or final-metric key, passes(got, wanted))

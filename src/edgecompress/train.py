@@ -148,6 +148,7 @@ def train(
         if teacher is not None:
             teacher.eval()
             inputs, labels = task.train.tensors
+            task.record("train")
             targets = _teacher_logits(teacher, inputs, device).cpu()
             loader = DataLoader(TensorDataset(inputs, labels, targets), batch_size=batch_size, shuffle=True,
                                 generator=torch.Generator().manual_seed(seed))  # same order as task.loader

@@ -62,6 +62,7 @@ class ReconveneConfig(StageConfig):
 def _loss(model: nn.Module, task: Task) -> float:
     model.eval()
     with torch.no_grad():
+        task.record("val")
         return float(task.loss(model, task.val.tensors))
 
 

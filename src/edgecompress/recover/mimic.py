@@ -135,6 +135,7 @@ def recover_mimic(model: nn.Module, config: MimicConfig, ctx: StageContext) -> n
     if config.recalibrate_bn and bn_layers(model):
         reestimate_bn(model, batches(x, config.batch_size))
         flops["forward"] += forward_flops(count_macs(model, x[:1]), len(x))
+    ctx.add_solve_flops(flops["gram"] + flops["solve"])
     ctx.info.update({
         "solved": solved, "skipped": skipped, "pruned_layers": pruned,
         "underdetermined": warned, "data": source["data"], "samples_used": len(x), "labels_used": 0,

@@ -22,6 +22,7 @@ from edgecompress.report.table import (
     history,
     number,
     stage_metrics,
+    fmt_count,
     stage_rows,
     visible,
 )
@@ -86,10 +87,21 @@ def _cards(metrics: dict) -> list[dict[str, Any]]:
         value = number(summary.get(key))
         text = DASH if value is None else (f"{value:.2f}" if unit == "pts" else f"{value:.1f}")
         related = [c for c in checks if keyword in c["key"].lower()]
+        if key == "accuracy_drop_points" and summary.get("metric") == "agreement_top1":
+            label = "Agreement drop"  # unlabeled data: top-1 agreement with the original model
         cards.append({"label": label, "value": text, "unit": unit if value is not None else "", "checks": related})
     cards.append({"label": "Compression time", "value": _duration(summary.get("total_seconds")), "unit": "",
-                  "checks": []})
+                  "checks": [], "notes": _cost_notes(summary.get("compression_cost"))})
     return cards
+
+
+def _cost_notes(cost: Any) -> list[str]:
+    """What compression spent besides time (the stages' reports added up), as short lines."""
+    if not isinstance(cost, dict):
+        return []
+    return [f"{fmt_sig(number(cost.get('cpu_seconds')))} s CPU · {fmt_sig((number(cost.get('flops')) or 0) / 1e9)} "
+            "GFLOP", f"{fmt_count(cost.get('labels_used'))} labels · {fmt_count(cost.get('unlabeled_samples'))} "
+            "unlabeled samples"]
 
 
 def _energy_sources(metrics: dict) -> list[str]:

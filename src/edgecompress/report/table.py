@@ -30,6 +30,10 @@ COLUMNS: list[tuple[str, str]] = [
     ("memory", "Mem MiB"),
     ("energy", "Energy mJ"),
     ("seconds", "Time s"),
+    ("cpu", "CPU s"),
+    ("gflops", "GFLOP spent"),
+    ("labels", "Labels used"),
+    ("samples", "Unlabeled used"),
     ("size_x", "Size ×"),
     ("macs_x", "MACs ×"),
 ]
@@ -37,6 +41,7 @@ COLUMNS: list[tuple[str, str]] = [
 TERMINAL_HEADERS = {
     "precision": None, "f1": None, "accuracy": "Acc\n%", "agreement": "Agree\n%", "nonzero": "Non-\nzero", "p50": "p50\nms", "p95": "p95\nms",
     "throughput": "Samp.\n/s", "memory": "Mem\nMiB", "energy": "Energy\nmJ", "seconds": "Time\ns",
+    "cpu": None, "gflops": None, "labels": None, "samples": None,
     "size_x": "Size\n×", "macs_x": "MACs\n×",
 }
 
@@ -128,6 +133,7 @@ def stage_rows(metrics: dict) -> list[dict[str, str]]:
     rows = []
     for entry in entries:
         m = stage_metrics(entry)
+        cost = entry.get("report") if isinstance(entry.get("report"), dict) else {}
         rows.append({
             "stage": str(entry.get("name", DASH)),
             "precision": fmt_value(m.get("precision")),
@@ -144,6 +150,11 @@ def stage_rows(metrics: dict) -> list[dict[str, str]]:
             "memory": fmt_sig(m.get("peak_memory_mb")),
             "energy": fmt_sig(m.get("energy_mj")),
             "seconds": fmt_sig(m.get("stage_seconds")),
+            "cpu": fmt_sig(cost.get("cpu_seconds")),
+            "gflops": fmt_sig(None if number(cost.get("flops_forward")) is None else sum(
+                number(cost.get(k)) or 0 for k in ("flops_forward", "flops_backward", "flops_solve")) / 1e9),
+            "labels": fmt_count(cost.get("labels_used")),
+            "samples": fmt_count(cost.get("unlabeled_samples")),
             "size_x": fmt_ratio(base.get("size_bytes"), m.get("size_bytes")),
             "macs_x": fmt_ratio(base.get("macs"), m.get("macs")),
         })

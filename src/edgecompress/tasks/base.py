@@ -22,10 +22,24 @@ from typing import ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 batch -> outputs (logits)
 SPLITS = ("train", "val", "test")
+
+
+class _Recorded(Dataset):
+    """A split as a loader reads it, noting which samples were read (for the cost report of a stage)."""
+
+    def __init__(self, data: TensorDataset, seen: set[int]):
+        self.data, self.seen = data, seen
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        self.seen.add(int(index))
+        return self.data[index]
 
 
 class Task(ABC):
@@ -42,6 +56,18 @@ class Task(ABC):
                  input_shape: tuple[int, ...]):
         self.name, self.train, self.val, self.test = name, train, val, test
         self.input_shape = tuple(input_shape)
+        self.usage: dict[str, set[int]] = {split: set() for split in SPLITS}  # samples read, by split
+
+    def record(self, split: str, indices: torch.Tensor | range | None = None) -> None:
+        """Note that samples of ``split`` were used (all of them when ``indices`` is None)."""
+        self.usage[split].update(range(len(self.split(split))) if indices is None else (int(i) for i in indices))
+
+    def reset_usage(self) -> dict[str, int]:
+        """How many distinct samples of each split were used since the last reset; starts a new count."""
+        used = {split: len(seen) for split, seen in self.usage.items()}
+        for seen in self.usage.values():
+            seen.clear()
+        return used
 
     @property
     def has_labels(self) -> bool:
@@ -68,12 +94,14 @@ class Task(ABC):
 
     def loader(self, split: str, batch_size: int = 64, shuffle: bool = False, seed: int = 0) -> DataLoader:
         gen = torch.Generator().manual_seed(seed)
-        return DataLoader(self.split(split), batch_size=batch_size, shuffle=shuffle, generator=gen)
+        data = _Recorded(self.split(split), self.usage[split])
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=gen)
 
     def calibration(self, n: int, seed: int = 0, labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """``n`` training samples drawn reproducibly: the inputs, or with ``labels`` every tensor of the split."""
         tensors = self.train.tensors if labels else self.train.tensors[:1]
         idx = torch.randperm(len(tensors[0]), generator=torch.Generator().manual_seed(seed))[: min(n, len(tensors[0]))]
+        self.record("train", idx)
         picked = tuple(t[idx] for t in tensors)
         return picked if labels else picked[0]
 
@@ -109,6 +137,7 @@ class Task(ABC):
     def outputs(self, predict: Predict, split: str, batch_size: int = 256) -> np.ndarray:
         """``predict`` over a whole split, batch by batch."""
         x = self.split(split).tensors[0]
+        self.record(split)
         return np.concatenate([predict(x[i:i + batch_size].numpy()) for i in range(0, len(x), batch_size)])
 
 
