@@ -137,6 +137,11 @@ class Pipeline:
             self.task = load_task(self.recipe.data)  # checks the data as it loads
         else:
             validate.check_task(self.task, f"data ({self.task.name})")
+        if self.task.kind not in registry.ALL_TASK_KINDS:
+            raise rundir.EdgeCompressError(
+                f"{self.task.kind} tasks (data {self.task.name!r}) can be loaded, trained and evaluated in Python "
+                "(edgecompress.tasks), but the pipeline cannot yet export and measure models with token inputs",
+                where="data", fix=f"run recipes on {' or '.join(registry.ALL_TASK_KINDS)} data")
         for i, entry in enumerate(self.recipe.stages):
             registry.get(entry.method).check_task(entry.config, self.task, where=f"stages[{i}] ({entry.name})")
         model = None if self.resume else self._load_baseline()
@@ -255,9 +260,9 @@ class Pipeline:
         artifact = Artifact(dest / artifact.path.name, artifact.format, artifact.runtime, artifact.precision,
                             [dest / p.name for p in artifact.extra_files])
         save_model(model, dest)
-        summary = summarize(history, self.task.metric)
+        summary = summarize(history, self.task.metric, self.task.higher_is_better)
         summary["run_seconds"] = round(time.perf_counter() - started, 2)
-        results = checks(history, self.recipe.targets, self.task.metric)
+        results = checks(history, self.recipe.targets, self.task.metric, self.task.higher_is_better)
         self._save(history, {"summary": summary, "checks": results})
         report = None
         if self.make_report:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 # Subpackages whose import registers the built-in stages. A new capability adds its package here.
 BUILTIN_PACKAGES = ("edgecompress.prune", "edgecompress.recover", "edgecompress.quant")
-ALL_TASK_KINDS = ("classification", "unlabeled")  # every Task.kind there is; a stage narrows it at registration
+ALL_TASK_KINDS = ("classification", "unlabeled")  # the kinds the pipeline runs end to end; a stage may narrow it
 
 
 class StageConfig(BaseModel):

@@ -11,15 +11,19 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def summarize(history: list[dict[str, Any]], metric: str = "accuracy") -> dict[str, Any]:
-    """Final vs baseline; ``accuracy_drop_points`` is the drop of the task's headline ``metric`` (accuracy, or
-    top-1 agreement with the original model on unlabeled data) in percentage points."""
+def summarize(history: list[dict[str, Any]], metric: str = "accuracy", higher_is_better: bool = True
+              ) -> dict[str, Any]:
+    """Final vs baseline; ``accuracy_drop_points`` is the drop of the task's headline ``metric`` (a fraction where
+    higher is better: accuracy, or top-1 agreement with the original model on unlabeled data) in percentage
+    points; ``metric_change_pct`` is the relative change of any metric (perplexity, say)."""
     base, final = history[0]["metrics"], history[-1]["metrics"]
-    drop = None
+    drop = change = None
     if metric in base and metric in final:
-        drop = round((base[metric] - final[metric]) * 100, 3)
+        drop = round((base[metric] - final[metric]) * 100, 3) if higher_is_better else None
+        change = round((final[metric] / base[metric] - 1) * 100, 3) if base[metric] else None
     return {
         "metric": metric,
+        "metric_change_pct": change,
         "size_reduction": _ratio(base.get("size_bytes"), final.get("size_bytes")),
         "macs_reduction": _ratio(base.get("macs"), final.get("macs")),
         "params_reduction": _ratio(base.get("params"), final.get("params")),
@@ -50,8 +54,9 @@ _CHECKS = {  # target -> (summary or final-metric key, passes(got, wanted))
 }
 
 
-def checks(history: list[dict[str, Any]], targets: Targets, metric: str = "accuracy") -> list[dict[str, Any]]:
-    summary = summarize(history, metric)
+def checks(history: list[dict[str, Any]], targets: Targets, metric: str = "accuracy",
+           higher_is_better: bool = True) -> list[dict[str, Any]]:
+    summary = summarize(history, metric, higher_is_better)
     values = {**history[-1]["metrics"], **summary}
     out = []
     for target, wanted in targets.model_dump().items():

@@ -34,8 +34,26 @@ def _listed(items: list) -> str:
 
 def check_model_and_task(model: nn.Module, task: Task) -> None:
     """``model`` runs on ``[2, *task.input_shape]``, outputs ``[2, task.num_classes]`` and has finite weights."""
-    check_input(model, task.input_shape, task.num_classes)
+    if task.kind in ("classification", "unlabeled"):
+        check_input(model, task.input_shape, task.num_classes)
+    else:
+        _check_runs(model, task)
     check_finite_weights(model)
+
+
+def _check_runs(model: nn.Module, task: Task) -> None:
+    """The model accepts the task's example inputs (token ids and mask, say)."""
+    from edgecompress.tasks.base import call
+
+    inputs = task.example_inputs(2)
+    try:
+        with torch.no_grad():
+            call(model, inputs)
+    except Exception as err:
+        names = ", ".join(inputs) if isinstance(inputs, dict) else "one tensor"
+        raise EdgeCompressError(f"the model does not run on the {task.kind} task's inputs ({names}): "
+                                f"{type(err).__name__}: {str(err)[:300]}", where="model",
+                                fix="use a model whose forward takes these inputs") from err
 
 
 def check_finite_weights(model: nn.Module) -> None:
@@ -57,7 +75,7 @@ def check_task(task: Task, where: str) -> None:
     """Raise when ``task``'s data cannot be trained or judged on; ``where`` names the data source."""
     _check_shapes(task, where)
     _check_finite_inputs(task, where)
-    if task.has_labels:
+    if task.has_labels and task.kind == "classification":
         _check_label_range(task, where)
         _check_classes(task, where)
 
@@ -77,6 +95,9 @@ def _check_finite_inputs(task: Task, where: str) -> None:
     counts = []
     for split in _SPLITS:
         x = task.split(split).tensors[0]
+        if len(x) == 0:
+            raise EdgeCompressError(f"the {split} split is empty", where=where,
+                                    fix="give more data (every split needs samples)")
         bad = int((~torch.isfinite(x.reshape(len(x), -1))).any(dim=1).sum())
         if bad:
             counts.append(f"{bad} of {len(x)} {split} samples")

@@ -15,18 +15,23 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 Shape = tuple[int, ...]
 
 
-class _Common(BaseModel):
-    """Options every dataset takes: how it is split and batched."""
+class _Base(BaseModel):
+    """Options every dataset takes."""
 
     model_config = ConfigDict(extra="forbid")
+    batch_size: int = Field(64, ge=1, description="batch size of the data loaders")
+    seed: int = Field(0, description="seed of the split (and of synthetic data)")
+
+
+class _Common(_Base):
+    """Options of datasets split by fractions."""
+
     val_fraction: float = Field(0.1, gt=0, lt=1, description=(
         "share of the data held out for validation (mnist5k: fixed 500 of 5,000; mnist1d/tensors with a test "
         "split: share of the training data)"))
     test_fraction: float = Field(0.2, gt=0, lt=1, description=(
         "share of the data held out for testing (mnist5k: fixed 1,000; mnist1d and tensors with x_test: their own "
         "test split)"))
-    batch_size: int = Field(64, ge=1, description="batch size of the data loaders")
-    seed: int = Field(0, description="seed of the split (and of synthetic data)")
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -125,16 +130,32 @@ class TensorsData(_UserData):
         return _positive(shape)
 
 
+class TextData(_Base):
+    """Text for a causal language model or an embedding model, cut into token sequences (byte tokenizer).
+
+    Split by document, never overlapping (see ``edgecompress.tasks.text``): the Python documentation shipped
+    with the standard library by default, or the user's text files.
+    """
+
+    dataset: Literal["text"] = "text"
+    task: Literal["causal_lm", "embedding"] = Field("causal_lm", description=(
+        "causal_lm: next-token loss, perplexity on held-out text; embedding: cosine to the original model's vectors "
+        "and query/passage retrieval accuracy"))
+    path: list[Path] | None = Field(None, description="UTF-8 text files (default: the Python documentation topics)")
+    seq_len: int = Field(128, ge=4, le=8192, description="tokens per sequence")
+    max_sequences: int = Field(2048, ge=8, le=1_000_000, description="at most this many sequences per split")
+
+
 def _default_kind(data: Any) -> Any:
     """``dataset`` may be left out: it then means mnist5k."""
     return {"dataset": "mnist5k", **data} if isinstance(data, dict) and "dataset" not in data else data
 
 
-DataSpec = Annotated[Annotated[DigitsData | Mnist5kData | Mnist1dData | SyntheticData | FolderData | TensorsData,
-                               Field(discriminator="dataset")], BeforeValidator(_default_kind)]
+DataSpec = Annotated[Annotated[DigitsData | Mnist5kData | Mnist1dData | SyntheticData | FolderData | TensorsData
+                               | TextData, Field(discriminator="dataset")], BeforeValidator(_default_kind)]
 _ADAPTER: TypeAdapter = TypeAdapter(DataSpec)
-DATA_OPTIONS: dict[str, type[_Common]] = {cls.model_fields["dataset"].default: cls for cls in (
-    DigitsData, Mnist5kData, Mnist1dData, SyntheticData, FolderData, TensorsData)}  # dataset name -> options
+DATA_OPTIONS: dict[str, type[_Base]] = {cls.model_fields["dataset"].default: cls for cls in (
+    DigitsData, Mnist5kData, Mnist1dData, SyntheticData, FolderData, TensorsData, TextData)}  # name -> options
 
 
 def data_spec(**fields: Any) -> DataSpec:

@@ -8,8 +8,11 @@ A task owns its data splits (``train``/``val``/``test``) and answers, for the re
 - ``calibration(n, seed, labels)``: ``n`` reproducible training samples, unlabeled unless asked;
 - ``bind_reference(model)``: called once with the unmodified model (tasks judged against it keep it).
 
-``metric`` names the headline metric in ``evaluate``'s result (higher is better): the one that targets such as
-``max_accuracy_drop`` and the summary's drop are computed on. A new task kind is one subclass in this package.
+``metric`` names the headline metric in ``evaluate``'s result: the one that targets such as
+``max_accuracy_drop`` and the summary's drop are computed on (``higher_is_better`` says which way is good).
+Model inputs are a tensor, a tuple or a dict of tensors (``Inputs``); ``call(model, inputs)`` runs a model on
+them and returns its output tensor (the ``logits`` of a Hugging Face output, the first of a tuple).
+A new task kind is one subclass in this package.
 """
 
 from __future__ import annotations
@@ -24,8 +27,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-Predict = Callable[[np.ndarray], np.ndarray]  # float32 batch -> outputs (logits)
+Inputs = torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
+Predict = Callable[..., np.ndarray]  # numpy inputs (an array, or a dict of arrays) -> outputs
 SPLITS = ("train", "val", "test")
+
+
+def call(model: nn.Module, inputs: Inputs) -> torch.Tensor:
+    """``model`` on ``inputs`` (a tensor, a tuple: positional, a dict: keyword arguments); its output tensor."""
+    out = model(**inputs) if isinstance(inputs, dict) else model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+    out = getattr(out, "logits", None) if not torch.is_tensor(out) and hasattr(out, "logits") else out
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 class _Recorded(Dataset):
@@ -51,6 +62,7 @@ class Task(ABC):
 
     kind: ClassVar[str]
     metric: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
 
     def __init__(self, name: str, train: TensorDataset, val: TensorDataset, test: TensorDataset,
                  input_shape: tuple[int, ...]):
@@ -115,13 +127,13 @@ class Task(ABC):
     def bind_reference(self, model: nn.Module) -> None:
         """Called once with the unmodified model; tasks that are judged against it keep what they need."""
 
-    def inputs(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def inputs(self, batch: tuple[torch.Tensor, ...]) -> Inputs:
         """The model inputs of one batch as ``loader`` yields it."""
         return batch[0]
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The training loss of one batch as ``loader`` yields it."""
-        return self.output_loss(model(self.inputs(batch)), batch)
+        return self.output_loss(call(model, self.inputs(batch)), batch)
 
     @abstractmethod
     def output_loss(self, outputs: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -142,14 +154,17 @@ class Task(ABC):
 
 
 def torch_predictor(model: nn.Module) -> Predict:
-    """Wrap a PyTorch model as a numpy predict function (eval mode, no grad, on the model's device)."""
+    """Wrap a PyTorch model as a numpy predict function (eval mode, no grad, on the model's device); it takes an
+    array, or a dict of arrays for a model with keyword inputs (token ids and attention mask)."""
 
-    def predict(x: np.ndarray) -> np.ndarray:
+    def predict(x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         was_training = model.training
         model.eval()
         device = next(model.parameters(), torch.empty(0)).device
+        inputs = ({k: torch.from_numpy(v).to(device) for k, v in x.items()} if isinstance(x, dict)
+                  else torch.from_numpy(x).to(device))
         with torch.no_grad():
-            out = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+            out = call(model, inputs).float().cpu().numpy()
         model.train(was_training)
         return out
 

@@ -1,0 +1,40 @@
+"""The ``text`` dataset: token sequences for a causal language model or query/passage pairs for an embedding model."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import TensorDataset
+
+from edgecompress.data.datasets import register_dataset
+from edgecompress.data.options import TextData
+from edgecompress.errors import EdgeCompressError
+from edgecompress.tasks import CausalLMTask, EmbeddingTask, Task
+from edgecompress.tasks.text import BYTE_VOCAB, byte_tokenizer, python_docs, read_texts, sequences, split_documents
+
+
+def _pairs(documents: list[str], length: int, limit: int) -> TensorDataset:
+    """n queries then their n passages: consecutive windows of ``length`` tokens of the same document."""
+    ids, mask = sequences(documents, byte_tokenizer, length, None)
+    full = mask.all(1)
+    ids, mask = ids[full], mask[full]
+    n = min(len(ids) // 2, limit // 2)
+    queries, passages = torch.arange(0, 2 * n, 2), torch.arange(1, 2 * n, 2)  # windows k and k + 1
+    order = torch.cat([queries, passages])
+    return TensorDataset(ids[order], mask[order])
+
+
+@register_dataset("text")
+def text(spec: TextData) -> Task:
+    """The documents split by document (train / val / test), cut into ``seq_len``-token sequences."""
+    documents = read_texts(spec.path) if spec.path else python_docs()
+    name = "python-docs" if spec.path is None else f"text:{spec.path[0].name}"
+    splits = split_documents(documents)
+    if not all(splits.values()):
+        raise EdgeCompressError(f"{len(documents)} document(s) are too few to split into train, val and test",
+                                where="data.path", fix="give at least five text files, or files with paragraphs")
+    data = {split: TensorDataset(*sequences(docs, byte_tokenizer, spec.seq_len, spec.max_sequences))
+            for split, docs in splits.items()}
+    if spec.task == "causal_lm":
+        return CausalLMTask(name, data["train"], data["val"], data["test"], BYTE_VOCAB)
+    return EmbeddingTask(name, data["train"], data["val"], _pairs(splits["test"], spec.seq_len, spec.max_sequences),
+                         BYTE_VOCAB)
