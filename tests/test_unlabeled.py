@@ -147,3 +147,15 @@ def test_a_stage_declares_the_task_kinds_it_supports(digits_task):
     with pytest.raises(EdgeCompressError, match="does not work on classification tasks") as err:
         only_unlabeled.check_task(StageConfig(), digits_task)
     assert "it supports: unlabeled" in str(err.value)
+
+
+def test_report_of_an_unlabeled_run_plots_agreement():
+    from edgecompress.report.plots import make_plots
+    from edgecompress.report.table import COLUMNS, stage_rows, visible
+
+    entry = {"name": "baseline", "metrics": {"agreement_top1": 1.0, "size_bytes": 2000, "latency_p50_ms": 0.1}}
+    final = {"name": "quant.ptq", "metrics": {"agreement_top1": 0.97, "size_bytes": 700, "latency_p50_ms": 0.09}}
+    metrics = {"task": {"kind": "unlabeled", "metric": "agreement_top1"}, "history": [entry, final]}
+    assert [p.title for p in make_plots(metrics)][:2] == ["Agreement vs size", "Agreement vs latency"]
+    shown = [key for key, _ in visible(COLUMNS, stage_rows(metrics))]
+    assert "agreement" in shown and "accuracy" not in shown and "f1" not in shown

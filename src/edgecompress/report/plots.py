@@ -67,7 +67,15 @@ def _label_offsets(ax: Axes, xy: list[tuple[float, float]], distance: float = 9.
     return offsets
 
 
-def _trajectory(points: list[tuple[str, float, float]], xlabel: str, title: str, log_x: bool) -> str:
+def headline(metrics: dict) -> tuple[str, str]:
+    """(key, name) of the run's headline fraction metric: accuracy, or agreement with the original model on
+    unlabeled data."""
+    task = metrics.get("task") if isinstance(metrics.get("task"), dict) else {}
+    return ("agreement_top1", "agreement") if task.get("metric") == "agreement_top1" else ("accuracy", "accuracy")
+
+
+def _trajectory(points: list[tuple[str, float, float]], xlabel: str, title: str, log_x: bool,
+                ylabel: str = "accuracy") -> str:
     """Accuracy (%) against one cost: one labelled point per (label, x, accuracy) triple, arrows in stage order."""
 
     def draw(fig: Figure) -> None:
@@ -88,16 +96,16 @@ def _trajectory(points: list[tuple[str, float, float]], xlabel: str, title: str,
             ax.annotate(label, (x, y), xytext=(ox, oy), textcoords="offset points", fontsize=8,
                         color="#334155", ha="right" if ox < -3 else "left" if ox > 3 else "center",
                         va="top" if oy < -3 else "bottom" if oy > 3 else "center")
-        ax.set(xlabel=xlabel, ylabel="accuracy (%)", title=title)
+        ax.set(xlabel=xlabel, ylabel=f"{ylabel} (%)", title=title)
 
     return _draw(5.6, 3.8, draw)
 
 
 def _points(metrics: dict, x_key: str) -> list[tuple[str, float, float]]:
     """(label 'N name', x, accuracy %) of each stage that has both values; N is the stage's place in the run."""
-    points = []
+    points, key = [], headline(metrics)[0]
     for i, entry in enumerate(history(metrics)):
-        x, accuracy = number(stage_metrics(entry).get(x_key)), number(stage_metrics(entry).get("accuracy"))
+        x, accuracy = number(stage_metrics(entry).get(x_key)), number(stage_metrics(entry).get(key))
         if x is not None and accuracy is not None:
             points.append((f"{i} {entry.get('name', '?')}", x, 100 * accuracy))
     return points
@@ -110,13 +118,16 @@ def accuracy_vs_size(metrics: dict) -> str | None:
         return None
     unit, scale = ("MiB", 1024**2) if max(x for _, x, _ in points) >= 10 * 1024**2 else ("KiB", 1024)
     points = [(label, x / scale, y) for label, x, y in points]
-    return _trajectory(points, f"size on disk ({unit}, log scale)", "Accuracy vs size", log_x=True)
+    name = headline(metrics)[1]
+    return _trajectory(points, f"size on disk ({unit}, log scale)", f"{name.capitalize()} vs size", log_x=True,
+                       ylabel=name)
 
 
 def accuracy_vs_latency(metrics: dict) -> str | None:
     """Accuracy against median latency; None without accuracy and latency for any stage."""
-    points = _points(metrics, "latency_p50_ms")
-    return _trajectory(points, "latency p50 (ms)", "Accuracy vs latency", log_x=False) if points else None
+    points, name = _points(metrics, "latency_p50_ms"), headline(metrics)[1]
+    return _trajectory(points, "latency p50 (ms)", f"{name.capitalize()} vs latency", log_x=False,
+                       ylabel=name) if points else None
 
 
 def stage_bars(metrics: dict) -> str | None:
@@ -128,7 +139,7 @@ def stage_bars(metrics: dict) -> str | None:
     if len(entries) < 2:
         return None
     base = stage_metrics(entries[0])
-    series = [("size", "size_bytes"), ("MACs", "macs"), ("latency p50", "latency_p50_ms"), ("accuracy", "accuracy")]
+    series = [("size", "size_bytes"), ("MACs", "macs"), ("latency p50", "latency_p50_ms"), headline(metrics)[::-1]]
     series = [(label, key) for label, key in series if number(base.get(key))]
     if not series:
         return None
@@ -238,9 +249,10 @@ def _layer_bars(names: list[str], shares: list[float], labels: list[tuple[str, s
 
 def make_plots(metrics: dict) -> list[Plot]:
     """All report figures the run has data for, in display order."""
+    name = headline(metrics)[1].capitalize()
     makers = [
-        ("Accuracy vs size", "Each point is a stage, numbered in order; arrows follow the pipeline.", accuracy_vs_size),
-        ("Accuracy vs latency", "Median latency of the exported artifact in its runtime.", accuracy_vs_latency),
+        (f"{name} vs size", "Each point is a stage, numbered in order; arrows follow the pipeline.", accuracy_vs_size),
+        (f"{name} vs latency", "Median latency of the exported artifact in its runtime.", accuracy_vs_latency),
         ("Per-stage bars", "Each metric divided by the baseline's; below 1 is smaller, faster or less accurate.",
          stage_bars),
         ("Kept channels", "Output channels (or features) of each conv/linear layer that the final model keeps.",

@@ -162,9 +162,9 @@ def stage_rows(metrics: dict) -> list[dict[str, str]]:
 
 
 def visible(columns: list[tuple[str, str]], rows: list[dict[str, str]]) -> list[tuple[str, str]]:
-    """``columns`` less the headline metric a run does not have (a run has accuracy or agreement, not both)."""
+    """``columns`` less the task metrics a run does not have (a run has accuracy and F1, or agreement)."""
     return [(key, header) for key, header in columns
-            if not (key in ("accuracy", "agreement") and rows and all(row[key] == DASH for row in rows))]
+            if not (key in ("accuracy", "agreement", "f1") and rows and all(row[key] == DASH for row in rows))]
 
 
 def stage_table(metrics: dict) -> Table:
