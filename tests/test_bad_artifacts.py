@@ -114,6 +114,7 @@ def build(input_shape, num_classes):
 """
 
 
+@pytest.mark.slow
 def test_bench_run_dir_of_a_callable_model(tmp_path, monkeypatch):
     (tmp_path / "bad_artifacts_callable_model.py").write_text(CALLABLE_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -25,6 +26,7 @@ def reduced_default(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_default_recipe_end_to_end_then_report(tmp_path):
     out = tmp_path / "run"
     res = runner.invoke(app, ["run", str(reduced_default(tmp_path)), "--out", str(out), "--no-progress"])

@@ -32,6 +32,7 @@ def test_meter_counts_layer_flops_of_forward_and_backward_passes():
     assert meter.forward == 2 * (2 * 5 * 5) * 3 * 2 * 2  # every input element feeds out/groups x kernel outputs
 
 
+@pytest.mark.slow
 def test_every_stage_gets_a_typed_report(tmp_path, digits_task):
     recipe = parse_recipe({
         "name": "cost", "seed": 2,

@@ -134,7 +134,8 @@ def test_dqa_stage_end_to_end(digits_task):
     assert accuracy(quantized, digits_task, "test") > 0.5  # quantized, still a working classifier
 
 
-@pytest.mark.parametrize("arch,kw", [("resnet20", {"width": 0.25}), ("mobilenet_v2", {"width_mult": 0.25})])
+@pytest.mark.parametrize("arch,kw", [("resnet20", {"width": 0.25}),
+                                     pytest.param("mobilenet_v2", {"width_mult": 0.25}, marks=pytest.mark.slow)])
 def test_batched_suffix_passes_give_identical_ranking_and_search(digits_task, arch, kw):
     from edgecompress.quant.actquant import find_blocks, install, noisyquant_search
     from edgecompress.quant.dqa import rank_channels

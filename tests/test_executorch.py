@@ -46,6 +46,7 @@ def test_format_picks_its_runtime():
     assert ExportSettings(format="onnx").runtime == "onnxruntime"
 
 
+@pytest.mark.slow  # the XNNPACK lowering takes ~10 s
 def test_fp32_pte_matches_pytorch_at_any_batch(fp32_pte, test_inputs, float_logits):
     assert fp32_pte.path.suffix == ".pte" and fp32_pte.format == "executorch"
     assert fp32_pte.details["xnnpack_nodes"] > 0  # convolutions, BN, ReLU, pooling and linear run in XNNPACK
@@ -56,6 +57,7 @@ def test_fp32_pte_matches_pytorch_at_any_batch(fp32_pte, test_inputs, float_logi
     np.testing.assert_allclose(run(x), float_logits, atol=FP32_ATOL, rtol=0)  # 360 > max batch: run in chunks
 
 
+@pytest.mark.slow  # the INT8 lowering takes ~15 s
 def test_int8_pte_keeps_predictions_in_a_smaller_file(int8_pte, fp32_pte, test_inputs, float_logits):
     assert int8_pte.precision == "int8" and int8_pte.path.name == "model_int8.pte"
     logits = int8_pte.runner()(test_inputs[0])
@@ -77,6 +79,7 @@ def test_missing_and_corrupt_pte(tmp_path):
     assert "m.pte" in str(err.value)
 
 
+@pytest.mark.slow  # exports and benchmarks both runtimes
 def test_fastest_picks_one_runtime_and_records_both(digits_task, tmp_path):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()  # lowers in ~1 s
     settings, choice = resolve_fastest(model, digits_task, ExportSettings(format="fastest", warmup=2, repeats=5),

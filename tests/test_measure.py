@@ -94,7 +94,8 @@ def test_layer_table_rows():
     json.dumps(list(rows.values()))
 
 
-@pytest.mark.parametrize("fmt,runtime", [("onnx", "onnxruntime"), ("pytorch", "torch")])
+@pytest.mark.parametrize("fmt,runtime", [("onnx", "onnxruntime"),
+                                         pytest.param("pytorch", "torch", marks=pytest.mark.slow)])  # torch worker: ~8 s
 def test_benchmark(tmp_path, fmt, runtime):
     art = export(TinyResNet().eval(), torch.randn(1, 3, 8, 8), tmp_path, ExportSettings(format=fmt, runtime=runtime))
     r = benchmark(art, (3, 8, 8), batch=2, warmup=2, repeats=5)

@@ -43,6 +43,7 @@ PRUNE = {"method": "prune.structured", "ratio": 0.4}
 TUNE = {"method": "finetune", "epochs": 2, "lr": 0.02, "distill": {"temperature": 4.0, "alpha": 0.7}}
 
 
+@pytest.mark.slow
 def test_resume_after_crash_matches_uninterrupted(tmp_path, digits_task):
     recipe = small_recipe(PRUNE, {"method": "test.crash_once"}, TUNE)
     CRASH["armed"] = True
@@ -80,6 +81,7 @@ def test_resume_rejects_other_recipe_and_missing_state(tmp_path, digits_task):
         Pipeline(small_recipe(TUNE), tmp_path / "empty", task=digits_task, resume=True, progress=False).run()
 
 
+@pytest.mark.slow
 def test_compress_measures_every_stage_and_keeps_input(tmp_path, digits_task):
     from edgecompress import zoo
 

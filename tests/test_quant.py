@@ -140,6 +140,7 @@ def activation_scales(artifact: Artifact) -> dict[str, float]:
     return {n.output[0]: float(values[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear"}
 
 
+@pytest.mark.slow  # entropy calibration: ~8 s
 def test_ptq_entropy_calibration_clips_ranges_and_keeps_accuracy(trained, digits_task, tmp_path):
     """ONNX Runtime's own entropy calibrator (128/128 bins) returns the min/max range; ours searches 2,048 bins."""
     stage = get("quant.ptq")

@@ -159,6 +159,7 @@ def _fails_cleanly_or_round_trips(load) -> None:
     assert again.to_yaml() == text and again.fingerprint() == recipe.fingerprint()
 
 
+@pytest.mark.slow  # 250 examples: ~8 s
 @FUZZ
 @given(st.data())
 def test_fuzzed_recipe_documents(data):

@@ -133,6 +133,7 @@ def test_out_that_is_a_file_or_a_symlink(tmp_path):
     user.assert_untouched()
 
 
+@pytest.mark.slow  # three whole runs per case: failed, resumed, uninterrupted
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, ["No space left", "free disk space", "--resume"]),
                                          (errno.EROFS, ["Read-only", "another --out"]),
                                          (errno.EACCES, ["Permission denied", "writable"])])
