@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from edgecompress import registry, zoo
-from edgecompress.context import StageContext, StageOutput
+from edgecompress.context import StageContext, StageOutput, StageReport
+from edgecompress.measure.cost import CostMeter
 from edgecompress.settings import ExportSettings
 
 # Stages whose default config costs more than ~10 s here (2 cores, one torch thread): marked `slow`, so only the full
@@ -88,7 +89,10 @@ def test_stage_runs_with_defaults(stage, request, digits_task, digits_cnn, tmp_p
     ctx = StageContext(task=task, teacher=teacher, seed=0, workdir=tmp_path / "stage", progress=False,
                        export=ExportSettings(repeats=2, warmup=0))
     torch.manual_seed(ctx.seed)
-    result = stage(model, config, ctx)
+    task.reset_usage()
+    with CostMeter() as meter:  # as Pipeline._run_stage measures every stage
+        result = stage(model, config, ctx)
+    report = StageReport.of(meter, ctx, task.reset_usage(), config.labels_needed() is not None)
 
     _assert_same_state(model, before, f"{stage.name}: the input model")
     _assert_same_state(teacher, before, f"{stage.name}: the teacher")
@@ -116,8 +120,10 @@ def test_stage_runs_with_defaults(stage, request, digits_task, digits_cnn, tmp_p
     except (TypeError, ValueError) as err:
         pytest.fail(f"{stage.name}: ctx.info is not JSON-serialisable: {err}")
 
-    # --- reports the typed fields (TO DO) -----------------------------------------------------------------------
-    # Not asserted yet: the typed per-stage report (context.StageReport: wall/CPU time, FLOPs, labels and samples
-    # used). To add it, wrap the stage call above as Pipeline._run_stage does (task.reset_usage(), then
-    # `with CostMeter() as meter:`), build `StageReport.of(meter, ctx, task.reset_usage(), labelled)` and assert
-    # its fields here, e.g. labels_used == 0 when config.labels_needed() is None.
+    # --- reports the typed fields -------------------------------------------------------------------------------
+    assert report.wall_seconds > 0 and report.cpu_seconds >= 0 and report.flops >= 0
+    if config.labels_needed() is None:
+        assert report.labels_used == 0, f"{stage.name}: a label-free configuration counted labels"
+    else:
+        assert report.labels_used > 0 and report.unlabeled_samples == 0, (
+            f"{stage.name} needs labels ({config.labels_needed()}) but read no labelled sample: {report}")
