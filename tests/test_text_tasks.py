@@ -88,3 +88,17 @@ def test_recipes_on_text_are_refused_before_any_work(tmp_path):
     expect_clean_error(["run", recipe, "--out", tmp_path / "run", "--no-progress"],
                        ["causal_lm tasks", "cannot yet export"])
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_that_does_not_take_the_task_inputs_names_its_forward_signature():
+    from edgecompress.validate import check_model_and_task
+
+    task = load_task(data_spec(dataset="text", seq_len=16, max_sequences=16))
+
+    class ImageNet(nn.Module):
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return pixels
+
+    with pytest.raises(EdgeCompressError, match=r"(?s)input_ids, attention_mask.*forward\(pixels:"):
+        check_model_and_task(ImageNet(), task)
+    check_model_and_task(Bigram(), task)  # a model that takes them passes

@@ -8,6 +8,7 @@ the model is built: it accepts the task's inputs, outputs one logit per class, a
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from typing import TYPE_CHECKING
 
@@ -51,9 +52,13 @@ def _check_runs(model: nn.Module, task: Task) -> None:
             call(model, inputs)
     except Exception as err:
         names = ", ".join(inputs) if isinstance(inputs, dict) else "one tensor"
+        try:
+            signature = f"forward{inspect.signature(model.forward)}"
+        except (TypeError, ValueError):
+            signature = "its forward"
         raise EdgeCompressError(f"the model does not run on the {task.kind} task's inputs ({names}): "
                                 f"{type(err).__name__}: {str(err)[:300]}", where="model",
-                                fix="use a model whose forward takes these inputs") from err
+                                fix=f"the model takes {signature}: use a model whose forward takes {names}") from err
 
 
 def check_finite_weights(model: nn.Module) -> None:
