@@ -6,6 +6,7 @@ same seeds, side by side in one process. Times: wall and process CPU seconds of 
 search included); the machine is shared, so CPU time is the steadier of the two.
 
     python benchmarks/ice_pruning.py            # --quick CPU config (the default)
+    python benchmarks/ice_pruning.py --device cuda --model resnet56 --width 1   # on a GPU (gpu_check.py (b))
 
 ``ice`` is the authors' method (four components); ``ice+bn`` adds our BatchNorm recalibration after each
 pruning step (``recalibrate_bn``), and the ablations switch one component off that variant.
@@ -31,6 +32,7 @@ from edgecompress.context import StageContext
 from edgecompress.data import data_spec, load_task
 from edgecompress.measure.counts import count_macs, count_params
 from edgecompress.nn.layers import build_graph
+from edgecompress.placement import resolve_device
 from edgecompress.prune.analysis import output_layers, resolve_layers
 from edgecompress.prune.iterative import IterativeConfig, Setup, finetune_step, prepare
 from edgecompress.registry import get
@@ -49,12 +51,14 @@ VARIANTS = {
 }
 
 
-def baseline(args, task) -> torch.nn.Module:
-    """The pretrained model: trained once with seed 0 and cached (state dict, loaded weights_only)."""
-    model = zoo.build(args.model, task.input_shape, task.num_classes, width=args.width)
-    path = cache_dir() / f"bench-ice-{args.model}-w{args.width}-{args.dataset}-e{args.pretrain_epochs}.pt"
+def baseline(args, task, device: torch.device) -> torch.nn.Module:
+    """The pretrained model on ``device``: trained there once with seed 0 and cached (state dict, loaded
+    weights_only; a GPU-trained one apart from the CPU one)."""
+    model = zoo.build(args.model, task.input_shape, task.num_classes, width=args.width).to(device)
+    on = "" if device.type == "cpu" else f"-{device.type}"
+    path = cache_dir() / f"bench-ice-{args.model}-w{args.width}-{args.dataset}-e{args.pretrain_epochs}{on}.pt"
     if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
+        model.load_state_dict(torch.load(path, weights_only=True, map_location=device))
     else:
         train(model, task, epochs=args.pretrain_epochs, lr=0.05, seed=0, progress=False)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +69,7 @@ def baseline(args, task) -> torch.nn.Module:
 def torch_pruning_peer(model, task, config: IterativeConfig, steps: int, seed: int) -> tuple[torch.nn.Module, dict]:
     """torch-pruning's MetaPruner (L1, uniform, ``iterative_steps``), each step followed by our fine-tuning."""
     model, teacher = copy.deepcopy(model), copy.deepcopy(model).requires_grad_(False)
-    example = task.example_inputs(1)
+    example = task.example_inputs(1).to(next(model.parameters()).device)
     modules = dict(model.named_modules())
     ignored = list(output_layers(build_graph(model, example)))
     ignored += [modules[n] for n in resolve_layers(model, config.ignored_layers, "benchmark")]
@@ -90,7 +94,7 @@ def run_variant(name: str, model, task, args, seed: int) -> dict:
         stage, ctx = get(method), StageContext(task=task, seed=seed, progress=False)
         pruned, info = stage(model, stage.config(**common, **flags), ctx), ctx.info
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    example = task.example_inputs(1)
+    example = task.example_inputs(1).to(next(pruned.parameters()).device)
     return {"variant": name, "seed": seed, "wall_s": wall, "cpu_s": cpu, "finetune_epochs": info["finetune_epochs"],
             "search_s": info.get("search_seconds") or 0.0, "val_accuracy": info["final_accuracy"],
             "test_accuracy": accuracy(pruned, task, "test"), "macs": count_macs(pruned, example),
@@ -115,8 +119,9 @@ def summarise(rows: list[dict], names: list[str]) -> list[dict]:
 
 
 def markdown(table: list[dict], meta: dict) -> str:
+    where = "" if meta.get("device", "cpu") == "cpu" else f", compression work on {meta['device']}"
     intro = (f"Baseline: {meta['baseline']}. Command: `{meta['command']}`. Means over seeds {meta['seeds']}; "
-             f"{meta['threads']} torch thread(s) on a shared {meta['cpus']}-core machine (wall time is noisy: "
+             f"{meta['threads']} torch thread(s) on a shared {meta['cpus']}-core machine{where} (wall time is noisy: "
              "compare CPU time). Speed-up = conventional time / variant time. Total benchmark wall time "
              f"{meta['total_s']:.0f} s.")
     header = ("| variant | wall s | CPU s | speed-up (wall / CPU) | search s | FT epochs | test acc % (±sd) "
@@ -163,12 +168,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="where pretraining, pruning and fine-tuning run: auto, cpu, "
+                                                        "cuda or cuda:N")
     parser.add_argument("--name", default="ice_pruning")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     task = load_task(data_spec(dataset=args.dataset))
-    model = baseline(args, task)
+    device = resolve_device(args.device)
+    model = baseline(args, task, device)
     args.plan_steps = len(prepare(model, task, None, IterativeConfig(target_ratio=args.target_ratio, mode=args.mode,
                                   steps=args.steps, ignored_layers=args.ignored), "benchmark").plan.steps)
     rows = []
@@ -181,7 +189,7 @@ def main() -> None:
                       f"fine-tune batches per epoch: {args.max_batches or 'all'}",
             "baseline": f"{args.pretrain_epochs} epochs, test accuracy {100 * accuracy(model, task, 'test'):.2f}%",
             "command": "python " + " ".join(["benchmarks/ice_pruning.py", *sys.argv[1:]]), "seeds": args.seeds,
-            "threads": args.threads, "cpus": os.cpu_count(),
+            "threads": args.threads, "cpus": os.cpu_count(), "device": str(device),
             "total_s": time.perf_counter() - start}
     table = summarise(rows, args.variants)
     RESULTS.mkdir(parents=True, exist_ok=True)

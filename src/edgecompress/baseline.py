@@ -10,9 +10,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from edgecompress import zoo
+from edgecompress import placement, zoo
 from edgecompress.checkpoint import load_model, save_model
 from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
@@ -33,18 +34,21 @@ def build_from_arch(arch: dict) -> nn.Module:
     return zoo.build(arch["zoo"], tuple(arch["input_shape"]), arch["num_classes"], **arch.get("kwargs", {}))
 
 
-def _cache_key(recipe: Recipe, model: nn.Module) -> str:
-    """Model spec, data, seed and the built architecture itself (so a changed zoo definition retrains)."""
+def _cache_key(recipe: Recipe, model: nn.Module, device: torch.device) -> str:
+    """Model spec, data, seed and the built architecture itself (so a changed zoo definition retrains); a baseline
+    trained on a GPU is cached apart from the CPU one (their floating-point results differ)."""
     spec = recipe.model.model_dump(mode="json", exclude={"pretrain": {"cache"}})
-    blob = json.dumps({"model": spec, "data": recipe.data.model_dump(mode="json"), "seed": recipe.seed,
-                       "architecture": repr(model)}, sort_keys=True)
+    key = {"model": spec, "data": recipe.data.model_dump(mode="json"), "seed": recipe.seed, "architecture": repr(model)}
+    if device.type != "cpu":
+        key["device"] = device.type
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def load(recipe: Recipe, task: Task, *, trust_pickle: bool = False, train: bool = True,
-         progress: bool = True) -> nn.Module:
-    """The recipe's model for ``task``; trained (or taken from the cache) when ``pretrain`` is set and
-    no weights are given. ``train=False`` only rebuilds the architecture (used to load checkpoints).
+         progress: bool = True, device: torch.device = placement.CPU) -> nn.Module:
+    """The recipe's model for ``task`` (on the CPU); trained on ``device`` (or taken from the cache) when ``pretrain``
+    is set and no weights are given. ``train=False`` only rebuilds the architecture (used to load checkpoints).
 
     A model to train is checked against the task first (see ``validate.check_model_and_task``), so a
     mismatch fails before training rather than after it. A damaged cache entry is named and retrained."""
@@ -61,14 +65,14 @@ def load(recipe: Recipe, task: Task, *, trust_pickle: bool = False, train: bool 
     from edgecompress.train import train as run_training
 
     check_model_and_task(model, task)
-    folder = cache_dir() / f"baseline-{_cache_key(recipe, model)}"
+    folder = cache_dir() / f"baseline-{_cache_key(recipe, model, device)}"
     cached = _load_cached(folder, spec, task) if spec.pretrain.cache else None
     if cached is not None:
         return cached
     p = spec.pretrain
-    run_training(model, task, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, seed=recipe.seed,
-                 progress=progress, description="baseline training")
-    model.eval()
+    run_training(placement.move(model, device), task, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
+                 seed=recipe.seed, progress=progress, description="baseline training")
+    placement.move(model, placement.CPU).eval()
     if spec.pretrain.cache:
         _store(model, folder)
     return model

@@ -37,6 +37,8 @@ def run(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow loading pickled full models (runs code)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
     strict: bool = typer.Option(False, "--strict", help="exit with code 1 when a target is missed"),
+    device: str | None = typer.Option(None, "--device", help="where compression work runs, instead of the recipe's "
+                                                              "device: auto, cpu, cuda or cuda:N"),
 ) -> None:
     """Run a compression recipe and print the per-stage table and the report path."""
     from edgecompress.pipeline import Pipeline
@@ -50,6 +52,8 @@ def run(
         else:
             chosen = recipe or Path("default")
         parsed = load_recipe(chosen)
+        if device is not None:
+            parsed = parsed.with_device(device)
         out = out or Path("runs") / f"{parsed.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         result = Pipeline(parsed, out, resume=resume is not None, force=force, trust_pickle=trust_pickle,
                           progress=progress).run()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgecompress.errors import EdgeCompressError
@@ -14,7 +15,6 @@ from edgecompress.measure.cost import COUNTED, CostMeter
 from edgecompress.settings import ExportSettings
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from edgecompress.tasks import Task
@@ -56,11 +56,15 @@ class StageReport(BaseModel):
         return self.flops_forward + self.flops_backward + self.flops_solve
 
     @classmethod
-    def of(cls, meter: CostMeter, ctx: StageContext | None, used: dict[str, int], labelled: bool) -> StageReport:
-        """The report of a stage from its meter, its context and the samples it read (``Task.reset_usage``)."""
+    def of(cls, meter: CostMeter, ctx: StageContext | None, used: dict[str, int], labelled: bool,
+           device: torch.device | None = None) -> StageReport:
+        """The report of a stage from its meter, its context and the samples it read (``Task.reset_usage``);
+        ``device``: where the work ran (default: the context's device, the CPU without a context)."""
         samples = used.get("train", 0) + used.get("val", 0)
-        return cls(wall_seconds=round(meter.wall, 4), cpu_seconds=round(meter.cpu, 4), flops_forward=meter.forward,
-                   flops_backward=meter.backward, flops_solve=ctx.solve_flops if ctx else 0,
+        device = device or (ctx.device if ctx else torch.device("cpu"))
+        return cls(wall_seconds=round(meter.wall, 4), cpu_seconds=round(meter.cpu, 4), device=str(device),
+                   flops_forward=meter.forward, flops_backward=meter.backward,
+                   flops_solve=ctx.solve_flops if ctx else 0,
                    labels_used=samples if labelled else 0, unlabeled_samples=0 if labelled else samples)
 
 
@@ -77,6 +81,8 @@ class StageContext:
     progress: show progress bars.
     solve_flops: linear-algebra FLOPs outside PyTorch layers (least squares, Hessians), added by the stage
     through ``add_solve_flops``; everything else in its :class:`StageReport` the pipeline measures itself.
+    device: where the stage's work runs; the pipeline has put the model and the teacher there (a stage registered
+    for the CPU only always gets the CPU). Stages follow the model's device, so ``apply`` works on any device.
     """
 
     task: Task | None = None
@@ -87,6 +93,7 @@ class StageContext:
     info: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     solve_flops: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def add_solve_flops(self, flops: int) -> None:
         self.solve_flops += int(flops)

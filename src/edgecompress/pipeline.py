@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecompress import baseline, registry, rundir, validate
+from edgecompress import baseline, placement, registry, rundir, validate
 from edgecompress.checkpoint import load_model, save_model
 from edgecompress.context import StageContext, StageOutput, StageReport
 from edgecompress.data.datasets import load_task
@@ -72,6 +72,7 @@ class Pipeline:
         self.task = task
         self.export, self.runtime_choice = recipe.export, None  # resolved when export.format is "fastest"
         self.baseline_report: StageReport | None = None  # loading (and training) the baseline
+        self.device = placement.CPU  # the recipe's device, resolved (and checked) when the run starts
 
     # -- model building -------------------------------------------------------------------------------
     def _build(self, arch: dict | None) -> nn.Module:
@@ -114,17 +115,22 @@ class Pipeline:
         }
 
     def _run_stage(self, index: int, entry, model: nn.Module, teacher: nn.Module) -> dict:
+        """Run one stage on its device (the run's device if the stage supports it, else the CPU) with the model
+        and the teacher moved there; its result comes back to the CPU to be exported, measured and saved."""
         stage = registry.get(entry.method)
+        device = stage.device_for(self.device)
         sdir = rundir.stage_dir(self.out, index, entry.name)
-        ctx = StageContext(task=self.task, teacher=teacher, seed=self.recipe.seed + index, workdir=sdir,
-                           export=self.export, progress=self.progress)
+        ctx = StageContext(task=self.task, teacher=placement.move(teacher, device), seed=self.recipe.seed + index,
+                           workdir=sdir, export=self.export, progress=self.progress, device=device)
         seed_everything(ctx.seed)
-        console.print(f"[bold cyan]stage {index}[/] {entry.name}")
+        where = "" if device == placement.CPU else f" on {device}"
+        console.print(f"[bold cyan]stage {index}[/] {entry.name}{where}")
         self.task.reset_usage()
         with CostMeter() as meter:
-            result = stage(copy.deepcopy(model), entry.config, ctx)
+            result = stage(placement.move(copy.deepcopy(model), device), entry.config, ctx)
+            out = result if isinstance(result, StageOutput) else StageOutput(result)
+            out.model = placement.move(out.model, placement.CPU)  # waits for queued GPU work: the stage's time
         report = StageReport.of(meter, ctx, self.task.reset_usage(), entry.config.labels_needed() is not None)
-        out = result if isinstance(result, StageOutput) else StageOutput(result)
         return self._record(index, entry.name, entry.method, out.model, out.artifact, ctx.info, report)
 
     # -- whole run ------------------------------------------------------------------------------------
@@ -133,6 +139,7 @@ class Pipeline:
         (a replaced run is removed only once the new baseline exists)."""
         started = time.perf_counter()
         rundir.check_target(self.out, resume=self.resume, force=self.force)
+        self.device = placement.resolve_device(self.recipe.device)
         if self.task is None:
             self.task = load_task(self.recipe.data)  # checks the data as it loads
         else:
@@ -163,10 +170,15 @@ class Pipeline:
         seed_everything(self.recipe.seed)
         self.task.reset_usage()
         with CostMeter() as meter:
-            model = (copy.deepcopy(self.user_model) if self.user_model is not None else
-                     baseline.load(self.recipe, self.task, trust_pickle=self.trust_pickle, progress=self.progress))
+            if self.user_model is not None:
+                model = placement.move(copy.deepcopy(self.user_model), placement.CPU)
+            else:
+                model = baseline.load(self.recipe, self.task, trust_pickle=self.trust_pickle, progress=self.progress,
+                                      device=self.device)
         pretrained = self.recipe.model is not None and self.recipe.model.pretrain is not None
-        self.baseline_report = StageReport.of(meter, None, self.task.reset_usage(), labelled=pretrained)
+        used = self.task.reset_usage()  # the train split is read only when the baseline is trained (not cached)
+        self.baseline_report = StageReport.of(meter, None, used, labelled=pretrained,
+                                              device=self.device if used.get("train") else placement.CPU)
         validate.check_model_and_task(model, self.task)
         self.task.bind_reference(model)
         return model
@@ -246,6 +258,20 @@ class Pipeline:
             log.info("stage %d %s done: %s", index, entry.name, history[-1]["metrics"])
         return self._finish(history, model, started)
 
+    def _gpu_metrics(self, model: nn.Module) -> dict[str, Any]:
+        """The final float model's PyTorch latency (CUDA events) and energy (NVML, where present) on the run's GPU."""
+        from edgecompress.measure.gpu import gpu_metrics
+
+        console.print(f"measuring the final PyTorch model on {self.device}")
+        s = self.export
+        try:
+            return gpu_metrics(model, self.task.input_shape, self.device, batch=s.batch, warmup=s.warmup,
+                               repeats=s.repeats)
+        except RuntimeError as err:  # e.g. a model whose forward uses CPU tensors kept outside its buffers
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+            log.warning("the final model does not run on %s: %s", self.device, reason)
+            return {"gpu_metrics_error": f"not measured on {self.device}: {reason}"}
+
     def _finish(self, history: list[dict], model: nn.Module, started: float) -> RunResult:
         from edgecompress.summary import checks, summarize
 
@@ -260,6 +286,8 @@ class Pipeline:
         artifact = Artifact(dest / artifact.path.name, artifact.format, artifact.runtime, artifact.precision,
                             [dest / p.name for p in artifact.extra_files])
         save_model(model, dest)
+        if self.device.type == "cuda":
+            final["metrics"].update(self._gpu_metrics(model))
         summary = summarize(history, self.task.metric, self.task.higher_is_better)
         summary["run_seconds"] = round(time.perf_counter() - started, 2)
         results = checks(history, self.recipe.targets, self.task.metric, self.task.higher_is_better)

@@ -42,6 +42,18 @@ def _check_slug(value: str) -> str:
 Slug = Annotated[str, AfterValidator(_check_slug)]
 _SLUG = TypeAdapter(Slug)
 
+DEVICES = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N (the GPU with index N)"
+
+
+def check_device(value: str) -> str:
+    """``value`` if it names a device a run can use (see ``DEVICES``); whether that GPU exists is checked later."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", value):
+        raise ValueError(f"{shown(value)} is not a device: use {DEVICES}")
+    return value
+
+
+Device = Annotated[str, AfterValidator(check_device)]
+
 
 class PretrainSpec(BaseModel):
     """Train the model before compressing it (when it has no weights); the result is cached on disk."""
@@ -86,6 +98,8 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
     name: Slug = Field("recipe", description="shown in reports and default run directory names")
     seed: int = Field(0, ge=0, lt=2**32, description="seed of the run; stage i uses seed + i")
+    device: Device = Field("cpu", description=f"where the compression work runs: {DEVICES}. Stages without GPU "
+                                              "support run on the CPU; artifacts are always measured on the CPU")
     model: ModelSection | None = Field(None, description="the model (omit when passing one from Python)")
     data: DataSpec = Field(default_factory=Mnist5kData, description="dataset and splits")
     stages: list[StageEntry] = Field(default_factory=list, description="ordered compression stages")
@@ -104,12 +118,27 @@ class Recipe(BaseModel):
 
     def to_yaml(self) -> str:
         """The resolved recipe; loading it gives back the same recipe and the same fingerprint."""
+        return yaml.safe_dump(self._resolved(), sort_keys=False)
+
+    def _resolved(self) -> dict[str, Any]:
         data = _without_default_nones(self, self.model_dump(mode="json", exclude={"stages"}))
         data["stages"] = [s.to_yaml_dict() for s in self.stages]
-        return yaml.safe_dump(data, sort_keys=False)
+        return data
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.to_yaml().encode()).hexdigest()[:16]
+        """What a resumed run must match. ``device`` is left out: a run may resume on another device (each stage's
+        report says where it ran)."""
+        data = self._resolved()
+        del data["device"]
+        return hashlib.sha256(yaml.safe_dump(data, sort_keys=False).encode()).hexdigest()[:16]
+
+    def with_device(self, device: str) -> Recipe:
+        """This recipe with its ``device`` replaced (the ``--device`` option of ``edgecompress run``)."""
+        try:
+            return self.model_copy(update={"device": check_device(device)})
+        except ValueError:
+            raise EdgeCompressError(f"{shown(device)} is not a device", where="--device",
+                                    fix=f"use {DEVICES}") from None
 
 
 def _without_default_nones(model: BaseModel, dumped: dict[str, Any]) -> dict[str, Any]:

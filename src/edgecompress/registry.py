@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from collections.abc import Callable
 
+import torch
 from pydantic import BaseModel, ConfigDict
 
 from edgecompress.errors import EdgeCompressError
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 # Subpackages whose import registers the built-in stages. A new capability adds its package here.
 BUILTIN_PACKAGES = ("edgecompress.prune", "edgecompress.recover", "edgecompress.quant")
 ALL_TASK_KINDS = ("classification", "unlabeled")  # the kinds the pipeline runs end to end; a stage may narrow it
+CPU_ONLY = ("cpu",)  # the device types (torch.device.type) a stage runs on unless it registers more
+CPU_AND_CUDA = ("cpu", "cuda")  # a stage whose work runs on the model's device (its helpers place their tensors there)
 
 
 class StageConfig(BaseModel):
@@ -45,6 +48,7 @@ class Stage:
     fn: Callable[..., Any]
     produces_artifact: bool = False  # True: the stage yields the deployable artifact and must come last
     task_kinds: tuple[str, ...] = ALL_TASK_KINDS  # the task kinds (Task.kind) the stage can work on
+    devices: tuple[str, ...] = CPU_ONLY  # the device types its work can run on (the pipeline places it)
 
     @property
     def summary(self) -> str:
@@ -54,6 +58,11 @@ class Stage:
 
     def __call__(self, model: nn.Module, config: StageConfig, ctx: StageContext) -> nn.Module | StageOutput:
         return self.fn(model, config, ctx)
+
+    def device_for(self, device: torch.device) -> torch.device:
+        """Where the stage runs when the run's device is ``device``: there if the stage registered its type, else
+        on the CPU."""
+        return device if device.type in self.devices else torch.device("cpu")
 
     def check_task(self, config: StageConfig, task: Task, where: str | None = None) -> None:
         """Refuse, before any work, a task of a kind the stage does not support or without labels it needs."""
@@ -75,13 +84,16 @@ _loaded = False
 
 
 def register(name: str, config: type[StageConfig], *, produces_artifact: bool = False,
-             task_kinds: tuple[str, ...] = ALL_TASK_KINDS):
-    """Decorator that registers ``fn(model, config, ctx)`` as the stage ``name`` (for tasks of ``task_kinds``)."""
+             task_kinds: tuple[str, ...] = ALL_TASK_KINDS, devices: tuple[str, ...] = CPU_ONLY):
+    """Decorator that registers ``fn(model, config, ctx)`` as the stage ``name`` (for tasks of ``task_kinds``,
+    its work on devices of the types ``devices``: the CPU only unless it says e.g. ``("cpu", "cuda")``)."""
 
     def wrap(fn):
         if name in _STAGES and _STAGES[name].fn is not fn:
             raise ValueError(f"stage {name!r} is registered twice ({_STAGES[name].fn} and {fn})")
-        _STAGES[name] = Stage(name, config, fn, produces_artifact, task_kinds)
+        if "cpu" not in devices:
+            raise ValueError(f"stage {name!r}: devices {devices} must include 'cpu' (every stage runs there)")
+        _STAGES[name] = Stage(name, config, fn, produces_artifact, task_kinds, tuple(devices))
         return fn
 
     return wrap

@@ -91,10 +91,12 @@ def accuracy(model: nn.Module, task: Task, split: str = "val", batch_size: int =
 
 
 @torch.no_grad()
-def _teacher_logits(teacher: nn.Module, inputs: torch.Tensor, device: torch.device, batch_size: int = 256):
-    """The teacher's logits for every training input, computed once: the teacher runs in eval mode on
-    unaugmented data, so its outputs are the same every epoch (this saves a teacher forward per batch)."""
-    return torch.cat([teacher(inputs[i : i + batch_size].to(device)) for i in range(0, len(inputs), batch_size)])
+def _teacher_logits(teacher: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The teacher's logits for every training input (on the CPU), computed once on the teacher's device: the
+    teacher runs in eval mode on unaugmented data, so its outputs are the same every epoch (this saves a teacher
+    forward per batch)."""
+    device = next(teacher.parameters()).device
+    return torch.cat([teacher(inputs[i : i + batch_size].to(device)).cpu() for i in range(0, len(inputs), batch_size)])
 
 
 def _loss(model: nn.Module, task: Task, batch: list[torch.Tensor], teacher_logits: torch.Tensor | None,
@@ -127,7 +129,8 @@ def train(
     ``(1 - alpha, alpha)`` of the cross-entropy and the T^2-scaled soft term. ``optimizer="adam"`` is AdamW.
     ``schedule="cosine"`` anneals the learning rate per batch to zero. ``max_batches`` caps the batches
     per epoch. ``on_epoch(epoch)`` runs before each epoch (1-based), e.g. to freeze parts of the model.
-    The run is deterministic given ``seed`` (the global RNG state is restored afterwards).
+    The run is deterministic given ``seed`` (the global RNG state is restored afterwards). It runs on the device
+    of the model's parameters: batches are moved there; the teacher may be on another device.
     History entries: ``{"epoch", "loss", "val_accuracy", "lr", "seconds"}`` (``val_accuracy``: None
     without labels; ``lr``: at the start of the epoch).
     """
@@ -142,14 +145,15 @@ def train(
     device = params[0].device
     was_training, teacher_was_training = model.training, teacher is not None and teacher.training
     history: list[dict] = []
-    with torch.random.fork_rng(devices=[]), progress_bar(progress) as bar:
+    rng_devices = [device.index] if device.type == "cuda" else []  # a CUDA model's dropout draws from the GPU's RNG
+    with torch.random.fork_rng(devices=rng_devices), progress_bar(progress) as bar:
         torch.manual_seed(seed)
         loader = task.loader("train", batch_size=batch_size, shuffle=True, seed=seed)
         if teacher is not None:
             teacher.eval()
             inputs, labels = task.train.tensors
             task.record("train")
-            targets = _teacher_logits(teacher, inputs, device).cpu()
+            targets = _teacher_logits(teacher, inputs)
             loader = DataLoader(TensorDataset(inputs, labels, targets), batch_size=batch_size, shuffle=True,
                                 generator=torch.Generator().manual_seed(seed))  # same order as task.loader
         per_epoch = len(loader) if max_batches is None else min(len(loader), max_batches)

@@ -44,7 +44,7 @@ from edgecompress.prune.iterative import (
     summarise,
 )
 from edgecompress.prune.steps import prune_group
-from edgecompress.registry import register
+from edgecompress.registry import CPU_AND_CUDA, register
 from edgecompress.train import accuracy
 
 STAGE = "prune.ice"
@@ -189,7 +189,7 @@ def run_ice(model: nn.Module, task: Task, teacher: nn.Module | None, config: Ice
     return setup, loop
 
 
-@register(STAGE, IceConfig)
+@register(STAGE, IceConfig, devices=CPU_AND_CUDA)
 def prune_ice(model: nn.Module, config: IceConfig, ctx: StageContext) -> nn.Module:
     """ICE-Pruning: iterative structured pruning with a fine-tune trigger, layer freezing, a pruning-aware lr
     and a hyperparameter search (each switchable), so far fewer fine-tuning epochs are spent.

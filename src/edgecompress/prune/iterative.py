@@ -21,7 +21,7 @@ from edgecompress.tasks import Task
 from edgecompress.measure.counts import count_macs, count_params
 from edgecompress.prune.analysis import ratio_or_macs_target
 from edgecompress.prune.steps import Plan, find_groups, make_plan, prune_group, ratio_for_macs
-from edgecompress.registry import StageConfig, register
+from edgecompress.registry import CPU_AND_CUDA, StageConfig, register
 from edgecompress.train import accuracy, train
 
 STAGE = "prune.iterative"
@@ -169,7 +169,7 @@ def summarise(setup: Setup, original: nn.Module, loop: dict, wall: float, cpu: f
     }
 
 
-@register(STAGE, IterativeConfig)
+@register(STAGE, IterativeConfig, devices=CPU_AND_CUDA)
 def prune_iterative(model: nn.Module, config: IterativeConfig, ctx: StageContext) -> nn.Module:
     """Conventional iterative structured pruning: prune a step, fine-tune (CE + KD, T=2), repeat to the target.
 

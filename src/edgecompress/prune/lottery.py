@@ -18,7 +18,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.nn.bn import layer_bn_pairs
 from edgecompress.nn.layers import build_graph
 from edgecompress.prune.magnitude import _target_layers
-from edgecompress.registry import StageConfig, register
+from edgecompress.registry import CPU_AND_CUDA, StageConfig, register
 from edgecompress.train import accuracy, train
 
 STAGE = "prune.lottery"
@@ -68,7 +68,7 @@ def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor], dead_bn: dict
         tprune.custom_from_mask(modules[name], "weight", mask)
         applied.append((modules[name], "weight"))
     for bn, channels in dead_bn.items():
-        keep = torch.ones(bn.num_features)
+        keep = torch.ones(bn.num_features, device=bn.weight.device)
         keep[channels] = 0
         for param in ("weight", "bias"):
             tprune.custom_from_mask(bn, param, keep)
@@ -82,7 +82,7 @@ def sparsity(model: nn.Module, exclude_classifier: bool = True) -> float:
     return sum(int((m.weight == 0).sum()) for m in layers.values()) / max(1, sum(m.weight.numel() for m in layers.values()))
 
 
-@register(STAGE, LotteryConfig)
+@register(STAGE, LotteryConfig, devices=CPU_AND_CUDA)
 def prune_lottery(model: nn.Module, config: LotteryConfig, ctx: StageContext) -> nn.Module:
     """Lottery-ticket portfolio: global magnitude pruning per level, rewind to an early iterate, retrain.
 

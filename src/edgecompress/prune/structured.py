@@ -18,7 +18,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs, count_params
 from edgecompress.nn.layers import LAYER_TYPES, build_graph, weight_layers
 from edgecompress.prune.analysis import output_layers, ratio_or_macs_target, resolve_layers
-from edgecompress.registry import StageConfig, register
+from edgecompress.registry import CPU_AND_CUDA, StageConfig, register
 
 STAGE = "prune.structured"
 
@@ -150,7 +150,7 @@ def _explain_failures(model: nn.Module, doing: str) -> Iterator[None]:
             h.remove()
 
 
-@register(STAGE, StructuredConfig)
+@register(STAGE, StructuredConfig, devices=CPU_AND_CUDA)
 def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageContext) -> nn.Module:
     """Remove whole channels/filters (torch-pruning dependency graph) so params and MACs really shrink.
 

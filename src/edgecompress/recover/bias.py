@@ -15,7 +15,7 @@ from edgecompress.nn.layers import weight_layers
 from edgecompress.recover.calib import CalibConfig, batches, calibration_inputs
 from edgecompress.recover.flops import forward_flops, prefix_macs
 from edgecompress.recover.lstsq import unsupported
-from edgecompress.registry import register
+from edgecompress.registry import CPU_AND_CUDA, register
 
 STAGE = "recover.bias"
 
@@ -67,7 +67,7 @@ def channel_mean(y: torch.Tensor) -> torch.Tensor:
     return y.reshape(-1, y.shape[-1]).sum(0) if y.dim() == 2 else y.transpose(0, 1).reshape(y.shape[1], -1).sum(1)
 
 
-@register(STAGE, BiasConfig)
+@register(STAGE, BiasConfig, devices=CPU_AND_CUDA)
 def recover_bias(model: nn.Module, config: BiasConfig, ctx: StageContext) -> nn.Module:
     """Bias correction only: match each layer's per-channel mean output to the dense model's (no labels).
 

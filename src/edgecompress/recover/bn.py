@@ -12,7 +12,7 @@ from edgecompress.measure import count_macs
 from edgecompress.nn.bn import reestimate_bn
 from edgecompress.recover.calib import CalibConfig, batches, calibration_inputs
 from edgecompress.recover.flops import forward_flops
-from edgecompress.registry import register
+from edgecompress.registry import CPU_AND_CUDA, register
 
 STAGE = "recover.bn"
 
@@ -21,7 +21,7 @@ class BNConfig(CalibConfig):
     """Settings of ``recover.bn``."""
 
 
-@register(STAGE, BNConfig)
+@register(STAGE, BNConfig, devices=CPU_AND_CUDA)
 def recover_bn(model: nn.Module, config: BNConfig, ctx: StageContext) -> nn.Module:
     """Re-estimate BatchNorm statistics on unlabeled (or synthetic) inputs; weights are not changed.
 

@@ -42,14 +42,13 @@ def _input_shape(ctx: StageContext, model: nn.Module, where: str) -> tuple[int, 
 
 def calibration_inputs(config: CalibConfig, ctx: StageContext, dense: nn.Module, where: str
                        ) -> tuple[torch.Tensor, dict]:
-    """The calibration inputs and a record ``{"data", "samples", "flops", ...}`` of how they were obtained.
-
-    Synthetic inputs invert the BatchNorm statistics of ``dense`` (the model before pruning)."""
+    """The calibration inputs, on the device of ``dense``, and a record ``{"data", "samples", "flops", ...}`` of how
+    they were obtained. Synthetic inputs invert the BatchNorm statistics of ``dense`` (the model before pruning)."""
     source = config.data
     if source == "auto":
         source = "task" if ctx.task is not None and len(ctx.task.train) > 0 else "synthetic"
     if source == "task":
-        x = calibration_samples(ctx, config.calib_samples, where)
+        x = calibration_samples(ctx, config.calib_samples, where).to(next(dense.parameters()).device)
         return x, {"data": f"task {ctx.task.name} (train split, unlabeled)", "samples": len(x), "flops": 0}
     x, info = synthesize(dense, _input_shape(ctx, dense, where), config.calib_samples, steps=config.synth_steps,
                          lr=config.synth_lr, batch_size=config.batch_size, seed=ctx.seed)

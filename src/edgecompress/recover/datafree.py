@@ -19,7 +19,8 @@ from edgecompress.recover.flops import forward_flops
 
 def synthesize(model: nn.Module, input_shape: tuple[int, ...], n: int, *, steps: int = 50, lr: float = 0.1,
                batch_size: int = 64, seed: int = 0) -> tuple[torch.Tensor, dict]:
-    """``n`` inputs whose BatchNorm statistics in ``model`` match its running statistics.
+    """``n`` inputs whose BatchNorm statistics in ``model`` match its running statistics, on the model's device
+    (drawn on the CPU, so a seed gives the same starting inputs on every device).
 
     Returns the inputs and an info dict: ``{"steps", "bn_loss_start", "bn_loss_end", "flops"}`` (FLOPs: a
     forward pass plus a backward pass to the inputs only ~ 2 forward passes per sample and step).
@@ -41,10 +42,11 @@ def synthesize(model: nn.Module, input_shape: tuple[int, ...], n: int, *, steps:
     model.requires_grad_(False)
     handles = [m.register_forward_pre_hook(pre_hook) for m in bns]
     gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     out, first, last = [], 0.0, 0.0
     try:
         for start in range(0, n, batch_size):
-            x = torch.randn((min(batch_size, n - start), *input_shape), generator=gen).requires_grad_(True)
+            x = torch.randn((min(batch_size, n - start), *input_shape), generator=gen).to(device).requires_grad_(True)
             opt = torch.optim.Adam([x], lr=lr)
             for step in range(steps):
                 losses.clear()

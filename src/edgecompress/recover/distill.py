@@ -11,7 +11,7 @@ from torch import nn
 from edgecompress import zoo
 from edgecompress.context import StageContext
 from edgecompress.measure.counts import count_params
-from edgecompress.registry import register
+from edgecompress.registry import CPU_AND_CUDA, register
 from edgecompress.train import TrainSettings, accuracy, train
 
 
@@ -38,7 +38,7 @@ class DistillStageConfig(TrainSettings):
 
 
 
-@register("distill", DistillStageConfig)
+@register("distill", DistillStageConfig, devices=CPU_AND_CUDA)
 def distill(model: nn.Module, config: DistillStageConfig, ctx: StageContext) -> nn.Module:
     """Knowledge distillation: train a new zoo student on the incoming model's soft targets; returns the student.
 

@@ -12,7 +12,7 @@ from torch import nn
 from edgecompress.context import StageContext
 from edgecompress.measure import count_macs
 from edgecompress.recover.flops import forward_flops, training_flops
-from edgecompress.registry import register
+from edgecompress.registry import CPU_AND_CUDA, register
 from edgecompress.train import DistillConfig, TrainSettings, accuracy, mask_zeros, train
 
 
@@ -32,7 +32,7 @@ class FinetuneConfig(TrainSettings):
         return None
 
 
-@register("finetune", FinetuneConfig)
+@register("finetune", FinetuneConfig, devices=CPU_AND_CUDA)
 def finetune(model: nn.Module, config: FinetuneConfig, ctx: StageContext) -> nn.Module:
     """Fine-tune on the task's training data (SGD/AdamW, cosine schedule), optionally with distillation.
 
@@ -54,7 +54,7 @@ def finetune(model: nn.Module, config: FinetuneConfig, ctx: StageContext) -> nn.
         tprune.remove(m, "weight")
     names = {m: n for n, m in model.named_modules()}
     # recovery cost (issue 6): training (+ teacher forward passes); the per-epoch validation is not counted
-    samples, example = len(task.train), task.example_inputs()
+    samples, example = len(task.train), task.example_inputs().to(next(model.parameters()).device)
     flops = training_flops(count_macs(model, example), samples, config.epochs)
     if teacher is not None:
         flops += forward_flops(count_macs(teacher, example), samples * config.epochs)
