@@ -1,5 +1,5 @@
 """Watching one forward pass without storing a network's activations: temporary hooks that are always removed,
-a module's input or output for one batch (the pass stops right there), the order in which the Conv/Linear
+a module's input and/or output for one batch (the pass stops right there), the order in which the Conv/Linear
 layers are called, and the BatchNorm that directly consumes a layer's output."""
 
 from __future__ import annotations
@@ -28,22 +28,18 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass once the wanted tensor is captured."""
 
 
-def capture(model: nn.Module, module: nn.Module | str, x: torch.Tensor, what: str) -> torch.Tensor:
-    """The ``input`` or ``output`` of ``module`` (or the module of that name) the first time it is called when
-    ``model`` runs on ``x`` (no grad; the rest of the network after it is not run). Raises LookupError when the
-    forward pass does not call it."""
+def _first_call(model: nn.Module, module: nn.Module | str, x: torch.Tensor, before: bool) -> tuple:
+    """Run ``model(x)`` (no grad) until ``module`` (or the module of that name) is first called: what a pre-hook
+    sees, ``(inputs,)``, when ``before``, else what a forward hook sees, ``(inputs, output)``; the pass stops
+    there. Raises LookupError when the forward pass does not call it."""
     target = model.get_submodule(module) if isinstance(module, str) else module
-    box: list[torch.Tensor] = []
+    box: list[tuple] = []
 
-    def pre_hook(_m, inputs):
-        box.append(inputs[0].detach())
+    def stop(_m, *seen):
+        box.append(seen)
         raise _Stop
 
-    def hook(_m, _inputs, output):
-        box.append(output.detach())
-        raise _Stop
-
-    handle = target.register_forward_pre_hook(pre_hook) if what == "input" else target.register_forward_hook(hook)
+    handle = target.register_forward_pre_hook(stop) if before else target.register_forward_hook(stop)
     try:
         with torch.no_grad():
             model(x)
@@ -55,6 +51,21 @@ def capture(model: nn.Module, module: nn.Module | str, x: torch.Tensor, what: st
         raise LookupError(f"module {module if isinstance(module, str) else type(module).__name__!r} was not "
                           "called in the forward pass")
     return box[0]
+
+
+def capture(model: nn.Module, module: nn.Module | str, x: torch.Tensor, what: str) -> torch.Tensor:
+    """The ``input`` or ``output`` of ``module`` (or the module of that name) the first time it is called when
+    ``model`` runs on ``x`` (no grad; the rest of the network after it is not run). Raises LookupError when the
+    forward pass does not call it."""
+    seen = _first_call(model, module, x, before=what == "input")
+    return (seen[0][0] if what == "input" else seen[1]).detach()
+
+
+def capture_io(model: nn.Module, module: nn.Module | str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input and the output of ``module``'s first call when ``model`` runs on ``x`` (no grad; the pass stops
+    right after that call)."""
+    inputs, output = _first_call(model, module, x, before=False)
+    return inputs[0].detach(), output.detach()
 
 
 def forward_order(model: nn.Module, x: torch.Tensor) -> tuple[list[str], set[str]]:

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from edgecompress.context import StageContext
-from edgecompress.nn.capture import bn_after, capture, forward_order
+from edgecompress.nn.capture import bn_after, forward_order
 from edgecompress.nn.layers import weight_layers
-from edgecompress.recover.calib import CalibConfig, batches, calibration_inputs
-from edgecompress.recover.flops import forward_flops, prefix_macs
+from edgecompress.nn.sequential import LayerBatch, run_sequential
+from edgecompress.recover.calib import CalibConfig, calibration_inputs
 from edgecompress.recover.lstsq import unsupported
 from edgecompress.registry import CPU_AND_CUDA, register
 
@@ -81,24 +81,33 @@ def recover_bias(model: nn.Module, config: BiasConfig, ctx: StageContext) -> nn.
         return model
     x, source = calibration_inputs(config, ctx, dense, STAGE)
     order, shared = forward_order(model, x)
-    pairs, macs = bn_after(model, x), prefix_macs(model, order, x)
-    corrected, skipped, flops = {}, {n: "called more than once per forward pass" for n in shared}, source["flops"]
+    pairs, dense_layers = bn_after(model, x), dict(dense.named_modules())
+    skipped = {n: "called more than once per forward pass" for n in shared}
     for name in order:
-        reason = skipped.get(name) or unsupported(model.get_submodule(name), dict(dense.named_modules()).get(name))
+        reason = skipped.get(name) or unsupported(model.get_submodule(name), dense_layers.get(name))
         if reason is None and model.get_submodule(name).bias is None and name not in pairs:
             reason = "no bias and no BatchNorm right after it: nowhere to put the correction"
         if reason:
             skipped[name] = reason
-            continue
-        total, count = 0.0, 0
-        for xb in batches(x, config.batch_size):
-            yd, yp = capture(dense, name, xb, "output"), capture(model, name, xb, "output")
-            total = total + channel_mean(yd) - channel_mean(yp)
-            count += yd.numel() // yd.shape[-1 if yd.dim() == 2 else 1]
-        flops += 2 * forward_flops(macs[name][1], len(x))
+    sums: dict[str, tuple] = {}  # per layer: summed per-channel (dense - pruned) outputs, outputs per channel
+    corrected = {}
+
+    def observe(name: str, batch: LayerBatch) -> None:
+        total, count = sums.get(name, (0.0, 0))
+        y = batch.reference
+        sums[name] = (total + channel_mean(y) - channel_mean(batch.output),
+                      count + y.numel() // y.shape[-1 if y.dim() == 2 else 1])
+
+    def apply(name: str) -> None:
+        total, count = sums.pop(name)
         delta = total / count
         corrected[name] = {"into": shift_output(model, name, delta, pairs.get(name)),
                            "mean_abs_shift": float(delta.abs().mean())}
+
+    todo = [n for n in order if n not in skipped]
+    run = run_sequential(model, x, todo, observe=observe, apply=apply, reference=dense, outputs=True,
+                         batch_size=config.batch_size)
+    flops = source["flops"] + run.forward_flops
     ctx.info.update({
         "corrected": corrected, "skipped": skipped, "data": source["data"], "samples_used": len(x),
         "labels_used": 0, "recovery_flops": flops, "synthesis_flops": source["flops"],

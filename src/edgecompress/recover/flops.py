@@ -4,7 +4,8 @@ Conventions (one multiply-accumulate = 2 FLOPs; forward MACs from :func:`edgecom
 which counts convolutions and matrix products only — normalisation and activations are not counted, for
 every method alike, so ratios between methods are fair):
 
-* forward pass of a model: ``2 * macs * samples``;
+* forward pass of a model: ``2 * macs * samples``; the layer-by-layer passes of ``recover.mimic`` and
+  ``recover.bias`` are counted as they run (:mod:`edgecompress.nn.sequential`, Conv/Linear calls, 2 per MAC);
 * training (forward + backward): ``3 * forward`` per sample and epoch (backward ~ 2x forward);
 * Gram accumulation ``X^T X`` of an ``n x k`` matrix: ``2 n k^2`` (no use of symmetry); ``X^T Y`` with ``m``
   targets: ``2 n k m``;
@@ -13,11 +14,6 @@ every method alike, so ratios between methods are fair):
 """
 
 from __future__ import annotations
-
-import torch
-from torch import nn
-
-from edgecompress.measure import layer_table
 
 
 def forward_flops(macs: int, samples: int) -> int:
@@ -38,17 +34,3 @@ def gram_flops(n: int, k: int, m: int = 0) -> int:
 def solve_flops(k: int) -> int:
     """FLOPs of one ``k x k`` Cholesky factorisation plus forward and back substitution (one right-hand side)."""
     return k**3 // 3 + 2 * k * k
-
-
-def prefix_macs(model: nn.Module, order: list[str], x: torch.Tensor) -> dict[str, tuple[int, int]]:
-    """For each layer in ``order``: (MACs of one sample up to the layer's input, MACs up to its output).
-
-    Only Conv/Linear MACs are counted (as in ``count_macs``); a prefix includes every layer called before.
-    """
-    macs = {row["name"]: row["macs"] for row in layer_table(model, x[:1])}
-    out, total = {}, 0
-    for name in order:
-        before = total
-        total += macs.get(name, 0)
-        out[name] = (before, total)
-    return out

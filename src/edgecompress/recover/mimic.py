@@ -13,9 +13,9 @@ Supported: Conv1d/Conv2d (any stride, padding, dilation; grouped and depthwise p
 unstructured pruning (same architecture as the dense model) and after structured pruning for layers whose
 output size still matches the dense layer of the same name (their inputs may be narrower). Skipped and
 listed: layers whose outputs were pruned (structured), other layer types, layers called several times.
-Cost shortcuts: Conv rows are sub-sampled (``positions`` random output positions per sample and layer), and
-the dense model runs once per batch, its layer outputs kept at those positions only (memory: samples x
-positions x output channels per layer) while the pruned model's prefix is re-run for each layer.
+Cost shortcuts: Conv rows are sub-sampled (``positions`` random output positions per sample and layer, drawn
+up front batch by batch in forward order); the pruned and the dense model run block by block through
+:mod:`edgecompress.nn.sequential` (memory: the activations at one block boundary of both models).
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from torch import nn
 from edgecompress.context import StageContext
 from edgecompress.measure import count_macs
 from edgecompress.nn.bn import bn_layers, reestimate_bn
-from edgecompress.nn.capture import bn_after, capture, forward_order
+from edgecompress.nn.capture import bn_after, forward_order, forward_with_hooks
 from edgecompress.nn.im2col import CONVS
+from edgecompress.nn.sequential import LayerBatch, run_sequential
 from edgecompress.recover.bias import changed_layers, nothing_to_do
 from edgecompress.recover.calib import CalibConfig, batches, calibration_inputs
-from edgecompress.recover.flops import forward_flops, prefix_macs
+from edgecompress.recover.flops import forward_flops
 from edgecompress.recover.lstsq import MaskedLstsq, unsupported
 from edgecompress.registry import register
 
@@ -57,28 +58,23 @@ class MimicConfig(CalibConfig):
                                                      "mimic_recovery.md)")
 
 
-def _dense_targets(dense: nn.Module, names: list[str], xs: list[torch.Tensor], count: int, gen: torch.Generator
-                   ) -> dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]]:
-    """One dense forward pass per batch: every layer's output, at ``count`` random positions per Conv layer
-    (all when 0), with the position indices — the targets of the solves."""
-    out: dict[str, list] = {n: [] for n in names}
+def _positions(dense: nn.Module, names: list[str], x: torch.Tensor, count: int, n_batches: int,
+               gen: torch.Generator) -> dict[str, list[torch.Tensor | None]]:
+    """Per layer and batch, the ``count`` random output positions (flat indices) of a Conv layer whose outputs
+    have more (None: all), drawn batch by batch, in forward order within a batch."""
+    sizes: dict[str, int] = {}  # output positions per layer, in call order
 
-    def hook(m, _inputs, y, name):
-        positions = None
-        if isinstance(m, CONVS) and count and y[0, 0].numel() > count:
-            positions = torch.randperm(y[0, 0].numel(), generator=gen)[:count]
-            y = y.flatten(2)[:, :, positions]
-        out[name].append((y.detach().clone(), positions))
+    def record(_m, _i, y, name):
+        sizes[name] = y[0, 0].numel()
 
-    handles = [dense.get_submodule(n).register_forward_hook(lambda m, i, y, n=n: hook(m, i, y, n)) for n in names]
-    try:
-        with torch.no_grad():
-            for xb in xs:
-                dense(xb)
-    finally:
-        for h in handles:
-            h.remove()
-    return out
+    handles = [dense.get_submodule(n).register_forward_hook(lambda m, i, y, n=n: record(m, i, y, n)) for n in names]
+    forward_with_hooks(dense, x[:1], handles)
+    drawn: dict[str, list] = {n: [] for n in names}
+    for _ in range(n_batches):
+        for name, size in sizes.items():
+            sample = isinstance(dense.get_submodule(name), CONVS) and count and size > count
+            drawn[name].append(torch.randperm(size, generator=gen)[:count] if sample else None)
+    return drawn
 
 
 @register(STAGE, MimicConfig)
@@ -97,23 +93,30 @@ def recover_mimic(model: nn.Module, config: MimicConfig, ctx: StageContext) -> n
     x, source = calibration_inputs(config, ctx, dense, STAGE)
     order, shared = forward_order(model, x)
     dense_layers = dict(dense.named_modules())
-    pairs, macs = bn_after(model, x), prefix_macs(model, order, x)
+    pairs = bn_after(model, x)
     skipped = {n: "called more than once per forward pass" for n in shared}
     skipped.update({n: why for n in order if n not in skipped
                     and (why := unsupported(model.get_submodule(n), dense_layers.get(n)))})
     todo = [n for n in order if n not in skipped]
-    xs = batches(x, config.batch_size)
-    targets = _dense_targets(dense, todo, xs, config.positions, torch.Generator().manual_seed(ctx.seed))
+    positions = _positions(dense, todo, x, config.positions, len(batches(x, config.batch_size)),
+                           torch.Generator().manual_seed(ctx.seed))
+    solvers: dict[str, MaskedLstsq] = {}
     solved, warned = {}, []
-    flops = {"forward": forward_flops(count_macs(dense, x[:1]), len(x)), "gram": 0, "solve": 0,
-             "synthesis": source["flops"]}
-    for name in todo:
-        layer = model.get_submodule(name)
-        intercept = config.fix_bias and (layer.bias is not None or name in pairs)
-        solver = MaskedLstsq(layer, intercept)
-        for xb, (yd, positions) in zip(xs, targets[name]):
-            solver.add(capture(model, name, xb, "input"), yd, positions)
-        flops["forward"] += forward_flops(macs[name][0], len(x))
+    flops = {"forward": 0, "gram": 0, "solve": 0, "synthesis": source["flops"]}
+
+    def observe(name: str, batch: LayerBatch) -> None:
+        """Add the pruned layer's input and the dense layer's output (the target) at the batch's positions."""
+        if name not in solvers:
+            layer = model.get_submodule(name)
+            solvers[name] = MaskedLstsq(layer, config.fix_bias and (layer.bias is not None or name in pairs))
+        where = positions[name][batch.index]
+        target = batch.reference if where is None else batch.reference.flatten(2)[:, :, where]
+        solvers[name].add(batch.input, target, where)
+
+    def apply(name: str) -> None:
+        """Re-solve the layer's surviving weights and intercept from its accumulated statistics."""
+        layer, solver = model.get_submodule(name), solvers.pop(name)
+        intercept = solver.intercept
         unknowns = int((layer.weight != 0).flatten(1).sum(1).max()) + int(intercept)
         damping = config.damping
         if solver.rows < unknowns:
@@ -132,6 +135,9 @@ def recover_mimic(model: nn.Module, config: MimicConfig, ctx: StageContext) -> n
         flops["gram"] += solver.gram_flops
         flops["solve"] += solver.solve_flops
         solved[name] = {"rows": solver.rows, "unknowns_max": unknowns, "damping": damping, "intercept": intercept}
+
+    flops["forward"] = run_sequential(model, x, todo, observe=observe, apply=apply, reference=dense,
+                                      batch_size=config.batch_size).forward_flops
     if config.recalibrate_bn and bn_layers(model):
         reestimate_bn(model, batches(x, config.batch_size))
         flops["forward"] += forward_flops(count_macs(model, x[:1]), len(x))

@@ -1,6 +1,7 @@
 """Weight-only quantization of a whole model: which layers are quantized (and why the others stay float), and
-the layer-by-layer pass (round-to-nearest, or GPTQ in forward order so that each layer's Hessian comes from the
-outputs of the already-quantized layers before it, as in the GPTQ paper)."""
+the layer-by-layer pass (round-to-nearest, or GPTQ in forward order through :mod:`edgecompress.nn.sequential`,
+so that each layer's Hessian comes from the outputs of the already-quantized layers before it, as in the GPTQ
+paper)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from torch import nn
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.nn import im2col
-from edgecompress.nn.capture import capture, forward_order
+from edgecompress.nn.capture import forward_order
+from edgecompress.nn.sequential import LayerBatch, run_sequential
 from edgecompress.quant.ptq import check_module_names, in_module
 from edgecompress.quant.weights.gptq import Hessian, gptq
 from edgecompress.quant.weights.quantizer import QuantizedWeight, QuantSpec, container_bits, rtn
@@ -40,13 +42,9 @@ def select_layers(model: nn.Module, x: torch.Tensor, exclude: list[str], stage: 
     return chosen, floating
 
 
-def _gptq_layer(model: nn.Module, name: str, spec: QuantSpec, x: torch.Tensor, damp: float, act_order: bool
+def _gptq_layer(layer: nn.Module, hessian: Hessian, spec: QuantSpec, damp: float, act_order: bool
                 ) -> tuple[QuantizedWeight, float]:
-    """GPTQ one layer, its Hessian from the inputs it receives in ``model`` as it is now (one per conv group)."""
-    layer = model.get_submodule(name)
-    hessian = Hessian(layer)
-    for xb in x.split(BATCH):
-        hessian.add(capture(model, name, xb, "input"))
+    """GPTQ one layer against its accumulated Hessian (one per conv group)."""
     w = layer.weight.detach().flatten(1)
     rows = w.shape[0] // hessian.groups
     parts = [gptq(w[g * rows:(g + 1) * rows], hessian.matrix(g), spec, damp, act_order) for g in range(hessian.groups)]
@@ -60,23 +58,37 @@ def quantize_layers(model: nn.Module, specs: dict[str, QuantSpec], x: torch.Tens
                     damp: float = 0.01, act_order: bool = False) -> tuple[dict[str, QuantizedWeight], dict]:
     """Quantize the layers of ``specs`` (names in forward order) in place: each weight becomes its dequantized
     value. ``algorithm`` ``gptq`` needs calibration inputs ``x``; layers GPTQ cannot view as im2col fall back to
-    round-to-nearest (said in the returned per-layer table)."""
-    quantized, table = {}, {}
-    for name, spec in specs.items():
+    round-to-nearest (said in the returned per-layer table), quantized first: no GPTQ layer's inputs depend on
+    a layer after it."""
+    quantized, table, hessians = {}, {}, {}
+
+    def store(name: str, qw: QuantizedWeight, **notes) -> None:
         layer = model.get_submodule(name)
-        why_not = im2col.unsupported(layer) if algorithm == "gptq" else None
-        row = {"bits": spec.bits, "container": f"int{container_bits(spec.bits)}", "algorithm": algorithm}
-        if algorithm == "gptq" and why_not is None:
-            qw, used = _gptq_layer(model, name, spec, x, damp, act_order)
-            if used != damp:
-                row["damp"] = used
-        else:
-            qw = rtn(layer.weight.detach().flatten(1), spec)
-            if why_not:
-                row["algorithm"] = f"rtn ({why_not})"
         with torch.no_grad():
             layer.weight.copy_(qw.dequantize().reshape(layer.weight.shape))
         quantized[name] = qw
         rows, k = qw.codes.shape
-        table[name] = {**row, "group": qw.group, "params": rows * k, "fp32_bytes": 4 * rows * k, "bytes": qw.nbytes}
-    return quantized, table
+        bits = specs[name].bits
+        table[name] = {"bits": bits, "container": f"int{container_bits(bits)}", "algorithm": algorithm, **notes,
+                       "group": qw.group, "params": rows * k, "fp32_bytes": 4 * rows * k, "bytes": qw.nbytes}
+
+    def observe(name: str, batch: LayerBatch) -> None:
+        if name not in hessians:
+            hessians[name] = Hessian(model.get_submodule(name))
+        hessians[name].add(batch.input)
+
+    def apply(name: str) -> None:
+        qw, used = _gptq_layer(model.get_submodule(name), hessians.pop(name), specs[name], damp, act_order)
+        store(name, qw, **({"damp": used} if used != damp else {}))
+
+    gptq_layers = []
+    for name, spec in specs.items():
+        why_not = im2col.unsupported(model.get_submodule(name)) if algorithm == "gptq" else None
+        if algorithm == "gptq" and why_not is None:
+            gptq_layers.append(name)
+        else:
+            store(name, rtn(model.get_submodule(name).weight.detach().flatten(1), spec),
+                  **({"algorithm": f"rtn ({why_not})"} if why_not else {}))
+    if gptq_layers:
+        run_sequential(model, x, gptq_layers, observe=observe, apply=apply, batch_size=BATCH)
+    return {n: quantized[n] for n in specs}, {n: table[n] for n in specs}
