@@ -121,7 +121,7 @@ def test_stage_runs_with_defaults(stage, request, digits_task, digits_cnn, tmp_p
         pytest.fail(f"{stage.name}: ctx.info is not JSON-serialisable: {err}")
 
     # --- reports the typed fields -------------------------------------------------------------------------------
-    assert report.wall_seconds > 0 and report.cpu_seconds >= 0 and report.flops >= 0
+    assert report.wall_seconds >= 0 and report.cpu_seconds >= 0 and report.flops >= 0  # a no-op may take < 1 us
     if config.labels_needed() is None:
         assert report.labels_used == 0, f"{stage.name}: a label-free configuration counted labels"
     else:

@@ -62,7 +62,7 @@ class StageReport(BaseModel):
         ``device``: where the work ran (default: the context's device, the CPU without a context)."""
         samples = used.get("train", 0) + used.get("val", 0)
         device = device or (ctx.device if ctx else torch.device("cpu"))
-        return cls(wall_seconds=round(meter.wall, 4), cpu_seconds=round(meter.cpu, 4), device=str(device),
+        return cls(wall_seconds=round(meter.wall, 6), cpu_seconds=round(meter.cpu, 6), device=str(device),
                    flops_forward=meter.forward, flops_backward=meter.backward,
                    flops_solve=ctx.solve_flops if ctx else 0,
                    labels_used=samples if labelled else 0, unlabeled_samples=0 if labelled else samples)
