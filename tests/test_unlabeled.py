@@ -93,10 +93,11 @@ def test_agreement_metrics():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stages", [
-    [{"method": "prune.magnitude", "sparsity": 0.6, "scope": "global"}, {"method": "recover.mimic", "calib_samples": 64}],
+    [{"method": "prune.magnitude", "sparsity": 0.6, "scope": "global"}, {"method": "recover.mimic", "calib_samples": 64},
+     {"method": "quant.ptq", "calib_samples": 64}],
     [{"method": "prune.structured", "ratio": 0.25}, {"method": "recover.bn", "calib_samples": 64},
      {"method": "quant.ptq", "calib_samples": 64}],
-], ids=["mimic", "bn-ptq"])
+], ids=["mimic-ptq", "bn-ptq"])
 def test_label_free_stages_run_end_to_end(user_files, tmp_path, stages):
     from typer.testing import CliRunner
 
