@@ -1,15 +1,33 @@
 """edgecompress: compress PyTorch networks for edge devices and prove every gain on a real runtime.
 
 Entry points: :func:`compress` (run a recipe), :func:`apply` (one stage), :func:`load_recipe`,
-:func:`load_task`; the ``edgecompress`` command line mirrors them.
+:func:`load_task`; the ``edgecompress`` command line mirrors them. The names below are imported on first use
+(PEP 562), so ``import edgecompress.cli`` (and ``edgecompress --help``) does not load torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from edgecompress.api import apply, compress  # noqa: E402
-from edgecompress.data import DataSpec, data_spec, load_task  # noqa: E402
-from edgecompress.tasks import Task  # noqa: E402
-from edgecompress.errors import EdgeCompressError  # noqa: E402
-from edgecompress.recipe import Recipe, load_recipe  # noqa: E402
+_EXPORTS = {  # public name -> the module that defines it
+    "apply": "edgecompress.api", "compress": "edgecompress.api",
+    "DataSpec": "edgecompress.data", "data_spec": "edgecompress.data", "load_task": "edgecompress.data",
+    "Task": "edgecompress.tasks", "EdgeCompressError": "edgecompress.errors",
+    "Recipe": "edgecompress.recipe", "load_recipe": "edgecompress.recipe",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["DataSpec", "EdgeCompressError", "data_spec", "Recipe", "Task", "apply", "compress", "load_recipe", "load_task"]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'edgecompress' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

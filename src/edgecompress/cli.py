@@ -21,6 +21,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 out_console = type(console)(width=None if sys.stdout.isatty() else 150)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from edgecompress import __version__
+
+        out_console.print(f"edgecompress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Compress PyTorch networks for edge devices and prove every gain on a real runtime."""
+
+
 def _fail(err: EdgeCompressError | ValidationError) -> None:
     if isinstance(err, ValidationError):  # a spec built from command-line arguments
         err = EdgeCompressError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors()))
