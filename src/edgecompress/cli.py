@@ -195,11 +195,11 @@ def _bench_runtimes(run_dir: Path, threads: int, batch: int, repeats: int, warmu
     except EdgeCompressError as err:
         _fail(err)
     table = Table(title=f"final model of {run_dir} ({threads} threads, batch {batch})")
-    for col in ("runtime", "precision", "accuracy %", "size KiB", "p50 ms", "p95 ms", "samples/s", "XNNPACK nodes",
-                "portable ops"):
-        table.add_column(col, justify="left" if col in ("runtime", "precision", "portable ops") else "right")
+    for col in ("artifact", "runtime", "precision", "accuracy %", "size KiB", "p50 ms", "p95 ms", "samples/s",
+                "XNNPACK nodes", "portable ops"):
+        table.add_column(col, justify="left" if col in ("artifact", "runtime", "precision", "portable ops") else "right")
     for r in rows:
-        table.add_row(r["runtime"], r["precision"], f"{100 * r['accuracy']:.2f}" if "accuracy" in r else "-",
+        table.add_row(r["source"], r["runtime"], r["precision"], f"{100 * r['accuracy']:.2f}" if "accuracy" in r else "-",
                       f"{r['size_bytes'] / 1024:,.1f}", f"{r['latency_p50_ms']:.3f}", f"{r['latency_p95_ms']:.3f}",
                       f"{r['throughput_sps']:,.0f}", str(r.get("xnnpack_nodes", "-")),
                       ", ".join(f"{op} x{n}" for op, n in r.get("portable_ops", {}).items()) or "-")

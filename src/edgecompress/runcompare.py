@@ -71,9 +71,11 @@ def resolve_fastest(model: nn.Module, task: Task, settings: ExportSettings,
 
 
 def compare_run(run_dir: Path, settings: ExportSettings, *, trust_pickle: bool = False) -> list[dict[str, Any]]:
-    """``compare_runtimes`` on the final model of an ``edgecompress run`` directory, on the run's data; INT8 rows
-    too when the run's final artifact is INT8. Files go to ``run_dir/runtime-compare``. A model that came from a
-    callable, an archive or a pickle is rebuilt from the run's recipe (``trust_pickle`` for a pickle)."""
+    """The run's own final artifact (``artifacts/``, the file the run measured) first, then the final model
+    re-exported for comparison: FP32 in the artifact's runtime when the artifact is INT8, and FP32 (plus default
+    ``quant.ptq`` INT8 when the artifact is INT8) in every other compared runtime. Each row's ``source`` says which
+    it is. Re-exports go to ``run_dir/runtime-compare``. A model that came from a callable, an archive or a pickle
+    is rebuilt from the run's recipe (``trust_pickle`` for a pickle)."""
     from edgecompress import baseline, rundir
     from edgecompress.checkpoint import load_model
     from edgecompress.data.datasets import load_task
@@ -90,8 +92,28 @@ def compare_run(run_dir: Path, settings: ExportSettings, *, trust_pickle: bool =
             return baseline.build_from_arch(arch)
         return baseline.load(recipe, task, trust_pickle=trust_pickle, train=False)
 
+    own = _run_artifact(run_dir, final)
+    rows = [{**measure_artifact(own, task, settings), "source": "the run's artifact"}]
     model = load_model(run_dir / "artifacts", build).eval()
-    return compare_runtimes(model, task, settings, run_dir / "runtime-compare", int8=final["precision"] == "int8")
+    out, int8 = run_dir / "runtime-compare", own.precision == "int8"
+    if int8:
+        rows += [{**row, "source": "re-export (FP32)"}
+                 for row in compare_runtimes(model, task, settings, out, runtimes=[own.runtime])]
+    others = [name for name in compared_runtimes() if name != own.runtime]
+    return rows + [{**row, "source": "re-export" + (" (default quant.ptq)" if row["precision"] == "int8" else "")}
+                   for row in compare_runtimes(model, task, settings, out, runtimes=others, int8=int8)]
+
+
+def _run_artifact(run_dir: Path, final: dict[str, Any]) -> Artifact:
+    """The final artifact as the run copied it into ``run_dir/artifacts`` (checked to exist)."""
+    folder = run_dir / "artifacts"
+    artifact = Artifact.from_json({**final, "path": str(folder / Path(final["path"]).name),
+                                   "extra_files": [str(folder / Path(p).name) for p in final.get("extra_files", [])]})
+    missing = [str(f) for f in artifact.files if not f.is_file()]
+    if missing:
+        raise EdgeCompressError(f"the run's final artifact is missing: {', '.join(missing)}", where=str(run_dir),
+                                fix="rerun the recipe (or restore artifacts/)")
+    return artifact
 
 
 def _finished_run(run_dir: Path) -> dict[str, Any]:
