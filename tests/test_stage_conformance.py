@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from edgecompress import registry, zoo
-from edgecompress.context import StageContext, StageOutput, StageReport
-from edgecompress.measure.cost import CostMeter
+from edgecompress.context import StageContext, StageMeter, StageOutput
 from edgecompress.settings import ExportSettings
 
 # Stages whose default config costs more than ~10 s here (2 cores, one torch thread): marked `slow`, so only the full
@@ -89,10 +88,9 @@ def test_stage_runs_with_defaults(stage, request, digits_task, digits_cnn, tmp_p
     ctx = StageContext(task=task, teacher=teacher, seed=0, workdir=tmp_path / "stage", progress=False,
                        export=ExportSettings(repeats=2, warmup=0))
     torch.manual_seed(ctx.seed)
-    task.reset_usage()
-    with CostMeter() as meter:  # as Pipeline._run_stage measures every stage
+    with StageMeter(task) as meter:  # as Pipeline._run_stage measures every stage
         result = stage(model, config, ctx)
-    report = StageReport.of(meter, ctx, task.reset_usage(), config.labels_needed() is not None)
+    report = meter.report(ctx, config.labels_needed() is not None)
 
     _assert_same_state(model, before, f"{stage.name}: the input model")
     _assert_same_state(teacher, before, f"{stage.name}: the teacher")

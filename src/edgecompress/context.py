@@ -68,6 +68,28 @@ class StageReport(BaseModel):
                    labels_used=samples if labelled else 0, unlabeled_samples=0 if labelled else samples)
 
 
+class StageMeter:
+    """Measures a stage as the pipeline does: a ``CostMeter`` around it and the task samples it read.
+
+    ``with StageMeter(task) as meter: ...`` then ``meter.report(ctx, labelled)``."""
+
+    def __init__(self, task: Task | None):
+        self.task, self.cost, self.used = task, CostMeter(), {}
+
+    def __enter__(self) -> StageMeter:
+        if self.task is not None:
+            self.task.reset_usage()
+        self.cost.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cost.__exit__(*exc)
+        self.used = self.task.reset_usage() if self.task is not None else {}
+
+    def report(self, ctx: StageContext | None, labelled: bool, device: torch.device | None = None) -> StageReport:
+        return StageReport.of(self.cost, ctx, self.used, labelled, device)
+
+
 @dataclass
 class StageContext:
     """Everything a stage may need beyond the model and its config.

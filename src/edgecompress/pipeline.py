@@ -19,12 +19,11 @@ from torch import nn
 
 from edgecompress import baseline, placement, registry, rundir, validate
 from edgecompress.checkpoint import load_model, save_model
-from edgecompress.context import StageContext, StageOutput, StageReport
+from edgecompress.context import StageContext, StageMeter, StageOutput, StageReport
 from edgecompress.data.datasets import load_task
 from edgecompress.tasks import Task
 from edgecompress.export import Artifact, export
 from edgecompress.measure import layer_table, measure
-from edgecompress.measure.cost import CostMeter
 from edgecompress.recipe import Recipe
 from edgecompress.settings import ExportSettings
 from edgecompress.ui import console
@@ -125,12 +124,11 @@ class Pipeline:
         seed_everything(ctx.seed)
         where = "" if device == placement.CPU else f" on {device}"
         console.print(f"[bold cyan]stage {index}[/] {entry.name}{where}")
-        self.task.reset_usage()
-        with CostMeter() as meter:
+        with StageMeter(self.task) as meter:
             result = stage(placement.move(copy.deepcopy(model), device), entry.config, ctx)
             out = result if isinstance(result, StageOutput) else StageOutput(result)
             out.model = placement.move(out.model, placement.CPU)  # waits for queued GPU work: the stage's time
-        report = StageReport.of(meter, ctx, self.task.reset_usage(), entry.config.labels_needed() is not None)
+        report = meter.report(ctx, entry.config.labels_needed() is not None)
         return self._record(index, entry.name, entry.method, out.model, out.artifact, ctx.info, report)
 
     # -- whole run ------------------------------------------------------------------------------------
@@ -168,17 +166,15 @@ class Pipeline:
     def _load_baseline(self) -> nn.Module:
         """The model the run starts from (the user's, or the recipe's, trained when asked), checked against the task."""
         seed_everything(self.recipe.seed)
-        self.task.reset_usage()
-        with CostMeter() as meter:
+        with StageMeter(self.task) as meter:
             if self.user_model is not None:
                 model = placement.move(copy.deepcopy(self.user_model), placement.CPU)
             else:
                 model = baseline.load(self.recipe, self.task, trust_pickle=self.trust_pickle, progress=self.progress,
                                       device=self.device)
         pretrained = self.recipe.model is not None and self.recipe.model.pretrain is not None
-        used = self.task.reset_usage()  # the train split is read only when the baseline is trained (not cached)
-        self.baseline_report = StageReport.of(meter, None, used, labelled=pretrained,
-                                              device=self.device if used.get("train") else placement.CPU)
+        trained = meter.used.get("train")  # the train split is read only when the baseline is trained (not cached)
+        self.baseline_report = meter.report(None, labelled=pretrained, device=self.device if trained else placement.CPU)
         validate.check_model_and_task(model, self.task)
         self.task.bind_reference(model)
         return model

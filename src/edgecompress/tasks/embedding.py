@@ -10,13 +10,10 @@ stages that train on labels refuse this task; a token-level output ``[N, L, D]``
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
-from torch.utils.data import TensorDataset
 
-from edgecompress.errors import EdgeCompressError
-from edgecompress.tasks.base import SPLITS, Inputs, Predict, Task, torch_predictor
-from edgecompress.tasks.unlabeled import LABEL_FREE_STAGES
+from edgecompress.tasks.base import Predict
+from edgecompress.tasks.text import TokenTask
+from edgecompress.tasks.unlabeled import ReferenceTask
 
 
 def pooled(vectors: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -38,33 +35,11 @@ def retrieval_top1(vectors: np.ndarray) -> float:
     return float(np.mean(scores.argmax(1) == np.arange(n)))
 
 
-class EmbeddingTask(Task):
-    """Splits are ``TensorDataset(input_ids, attention_mask)``; the test split is n queries then n passages."""
+class EmbeddingTask(TokenTask, ReferenceTask):
+    """The test split is n queries then n passages; the reference kept is the original model's vectors."""
 
     kind = "embedding"
     metric = "embedding_cosine"
-
-    def __init__(self, name: str, train: TensorDataset, val: TensorDataset, test: TensorDataset, vocab_size: int):
-        super().__init__(name, train, val, test, tuple(train.tensors[0].shape[1:]))
-        self.vocab_size = vocab_size
-        self.reference: dict[str, np.ndarray] = {}
-
-    @property
-    def can_evaluate(self) -> bool:
-        return bool(self.reference)
-
-    def inputs(self, batch: tuple[torch.Tensor, ...]) -> Inputs:
-        return {"input_ids": batch[0], "attention_mask": batch[1]}
-
-    def example_inputs(self, batch: int = 1) -> Inputs:
-        return self.inputs(tuple(t[:batch].clone() for t in self.test.tensors))
-
-    def random_inputs(self, batch: int = 1, seed: int = 0) -> Inputs:
-        ids = torch.randint(self.vocab_size, (batch, *self.input_shape), generator=torch.Generator().manual_seed(seed))
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    def calibration(self, n: int, seed: int = 0, labels: bool = False) -> Inputs:
-        return self.inputs(super().calibration(n, seed, labels=True))
 
     def vectors(self, predict: Predict, split: str, batch_size: int = 32) -> np.ndarray:
         ids, mask = self.split(split).tensors
@@ -73,13 +48,8 @@ class EmbeddingTask(Task):
                                                           "attention_mask": mask[i:i + batch_size].numpy()})),
                                       mask[i:i + batch_size].numpy()) for i in range(0, len(ids), batch_size)])
 
-    def bind_reference(self, model: nn.Module) -> None:
-        predict = torch_predictor(model)
-        self.reference = {split: self.vectors(predict, split) for split in SPLITS if split != "train"}
-
-    def output_loss(self, outputs: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        raise EdgeCompressError(f"task {self.name!r} (embedding fidelity) has no labels, so there is no training loss",
-                                fix=f"use a label-free stage: {LABEL_FREE_STAGES}")
+    def reference_outputs(self, predict: Predict, split: str) -> np.ndarray:
+        return self.vectors(predict, split)
 
     def evaluate(self, predict: Predict, split: str = "test", batch_size: int = 32) -> dict[str, float]:
         """Cosine to the reference vectors; on the test split also retrieval accuracy (empty before binding)."""

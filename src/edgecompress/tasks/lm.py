@@ -11,9 +11,9 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 
-from edgecompress.tasks.base import Inputs, Predict, Task
+from edgecompress.tasks.base import Predict
+from edgecompress.tasks.text import TokenTask
 
 
 def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -23,40 +23,20 @@ def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) 
     return nll, int(keep.sum())
 
 
-class CausalLMTask(Task):
-    """Every split is ``TensorDataset(input_ids [N, L], attention_mask [N, L])``; the model maps token ids (and
-    mask) to logits ``[N, L, vocab]``."""
+class CausalLMTask(TokenTask):
+    """The model maps token ids (and mask) to logits ``[N, L, vocab]``."""
 
     kind = "causal_lm"
     metric = "perplexity"
     higher_is_better = False
 
-    def __init__(self, name: str, train: TensorDataset, val: TensorDataset, test: TensorDataset, vocab_size: int):
-        super().__init__(name, train, val, test, tuple(train.tensors[0].shape[1:]))
-        self.vocab_size = vocab_size
-
     @property
     def has_labels(self) -> bool:
         return True  # the next token
 
-    def inputs(self, batch: tuple[torch.Tensor, ...]) -> Inputs:
-        return {"input_ids": batch[0], "attention_mask": batch[1]}
-
     def output_loss(self, outputs: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         nll, tokens = next_token_nll(outputs, batch[0], batch[1])
         return nll / max(tokens, 1)
-
-    def example_inputs(self, batch: int = 1) -> Inputs:
-        return self.inputs(tuple(t[:batch].clone() for t in self.test.tensors))
-
-    def random_inputs(self, batch: int = 1, seed: int = 0) -> Inputs:
-        gen = torch.Generator().manual_seed(seed)
-        ids = torch.randint(self.vocab_size, (batch, *self.input_shape), generator=gen)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    def calibration(self, n: int, seed: int = 0, labels: bool = False) -> Inputs:
-        """``n`` training sequences as model inputs (ids and mask), drawn reproducibly."""
-        return self.inputs(super().calibration(n, seed, labels=True))
 
     def evaluate(self, predict: Predict, split: str = "test", batch_size: int = 16) -> dict[str, float]:
         """Perplexity (and mean NLL in nats, token count) of ``predict``'s logits on a split."""

@@ -17,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.data import TensorDataset
+
+from edgecompress.tasks.base import Inputs, Task
 
 Tokenizer = Callable[[str], list[int]]
 BYTE_VOCAB = 256
@@ -65,3 +68,26 @@ def sequences(documents: list[str], tokenizer: Tokenizer, length: int, limit: in
             if limit is not None and len(rows) >= limit:
                 return torch.tensor(rows), torch.tensor(masks)
     return torch.tensor(rows, dtype=torch.long).reshape(-1, length), torch.tensor(masks, dtype=torch.long).reshape(-1, length)
+
+
+class TokenTask(Task):
+    """A task over token sequences: every split is ``TensorDataset(input_ids [N, L], attention_mask [N, L])`` and
+    the model takes them as the keyword inputs ``input_ids`` and ``attention_mask``."""
+
+    def __init__(self, name: str, train: TensorDataset, val: TensorDataset, test: TensorDataset, vocab_size: int):
+        super().__init__(name, train, val, test, tuple(train.tensors[0].shape[1:]))
+        self.vocab_size = vocab_size
+
+    def inputs(self, batch: tuple[torch.Tensor, ...]) -> Inputs:
+        return {"input_ids": batch[0], "attention_mask": batch[1]}
+
+    def example_inputs(self, batch: int = 1) -> Inputs:
+        return self.inputs(tuple(t[:batch].clone() for t in self.test.tensors))
+
+    def random_inputs(self, batch: int = 1, seed: int = 0) -> Inputs:
+        ids = torch.randint(self.vocab_size, (batch, *self.input_shape), generator=torch.Generator().manual_seed(seed))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def calibration(self, n: int, seed: int = 0, labels: bool = False) -> Inputs:
+        """``n`` training sequences as model inputs (ids and mask), drawn reproducibly."""
+        return self.inputs(super().calibration(n, seed, labels=True))

@@ -33,7 +33,33 @@ def agreement_metrics(outputs: np.ndarray, reference: np.ndarray) -> dict[str, f
             "output_cosine": float(np.mean(cosine))}
 
 
-class UnlabeledTask(Task):
+class ReferenceTask(Task):
+    """A task judged against the unmodified model (no labels): ``bind_reference`` keeps that model's outputs on
+    the val and test splits (``reference_outputs``), ``evaluate`` compares with them, and there is no training
+    loss."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reference: dict[str, np.ndarray] = {}
+
+    def reference_outputs(self, predict: Predict, split: str) -> np.ndarray:
+        """What is kept of a model's outputs on ``split`` to compare with (its outputs as they are)."""
+        return self.outputs(predict, split)
+
+    def bind_reference(self, model: nn.Module) -> None:
+        predict = torch_predictor(model)
+        self.reference = {split: self.reference_outputs(predict, split) for split in SPLITS if split != "train"}
+
+    @property
+    def can_evaluate(self) -> bool:
+        return bool(self.reference)
+
+    def output_loss(self, outputs: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        raise EdgeCompressError(f"task {self.name!r} ({self.kind}) has no labels, so there is no training loss",
+                                fix=f"use a label-free stage: {LABEL_FREE_STAGES}")
+
+
+class UnlabeledTask(ReferenceTask):
     """Inputs only (every split is a one-tensor ``TensorDataset``); metrics are agreement with the original model.
 
     num_classes: the model's output width, when known up front (needed to build a zoo model); otherwise taken
@@ -47,21 +73,11 @@ class UnlabeledTask(Task):
                  input_shape: tuple[int, ...], num_classes: int | None = None):
         super().__init__(name, train, val, test, input_shape)
         self.num_classes = num_classes
-        self.reference: dict[str, np.ndarray] = {}
 
     def bind_reference(self, model: nn.Module) -> None:
-        """Keep the unmodified model's outputs on the val and test splits (metrics compare against them)."""
-        predict = torch_predictor(model)
-        self.reference = {split: self.outputs(predict, split) for split in SPLITS if split != "train"}
+        """Keep the unmodified model's outputs; its output width is the number of classes."""
+        super().bind_reference(model)
         self.num_classes = self.reference["test"].shape[1]
-
-    @property
-    def can_evaluate(self) -> bool:
-        return bool(self.reference)
-
-    def output_loss(self, outputs: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        raise EdgeCompressError(f"task {self.name!r} has no labels, so there is no training loss",
-                                fix=f"use a label-free stage: {LABEL_FREE_STAGES}")
 
     def evaluate(self, predict: Predict, split: str = "test", batch_size: int = 256) -> dict[str, float]:
         """Agreement with the reference outputs (empty before ``bind_reference``)."""
