@@ -84,22 +84,68 @@ def run(
 
 @app.command()
 def methods(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
-    """List every registered stage with its summary and config fields (defaults)."""
-    from edgecompress.registry import all_stages
+    """List every built-in stage with its summary and config fields (defaults)."""
+    from edgecompress.catalogue import load
 
-    stages = all_stages()
+    stages = load()
     if as_json:
-        out_console.print_json(json.dumps({s.name: s.config.model_json_schema() for s in stages}))
+        out_console.print_json(json.dumps({name: s["schema"] for name, s in stages.items()}))
         return
     table = Table(show_lines=True, title="edgecompress stages")
     table.add_column("method", style="bold cyan", no_wrap=True)
     table.add_column("what it does")
     table.add_column("fields (default)")
-    for s in stages:
-        fields = [f"{k} = {f.default!r}" + (f"  [dim]{f.description}[/]" if f.description else "")
-                  for k, f in s.config.model_fields.items()]
-        table.add_row(s.name, s.summary, "\n".join(fields))
+    for name, s in stages.items():
+        fields = [escape(f"{k} = {f['default']}") + (f"  [dim]{escape(f['description'])}[/]" if f["description"] else "")
+                  for k, f in s["fields"].items()]
+        table.add_row(name, escape(s["summary"]), "\n".join(fields))
     out_console.print(table)
+
+
+recipes_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
+                          help="List the packaged recipes; `recipes show NAME` prints one.")
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.callback()
+def recipes(ctx: typer.Context) -> None:
+    """List the packaged recipes with a one-line description each (`recipes show NAME` prints one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgecompress import packaged
+
+    table = Table(title="packaged recipes (edgecompress run NAME)", show_lines=False)
+    table.add_column("name", style="bold cyan", no_wrap=True)
+    table.add_column("what it does")
+    for name in packaged.names():
+        table.add_row(name, escape(packaged.description(name)))
+    out_console.print(table)
+
+
+@recipes_app.command("show")
+def recipes_show(name: str = typer.Argument(..., help="a packaged recipe's name")) -> None:
+    """Print a packaged recipe's YAML (copy it to start your own: `edgecompress recipes show default > my.yaml`)."""
+    from edgecompress import packaged
+
+    try:
+        sys.stdout.write(packaged.text(name))
+    except EdgeCompressError as err:
+        _fail(err)
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="recipe YAML file (or a packaged recipe's name)")) -> None:
+    """Check a recipe without running it: every error at once (file, line, key, what is allowed); exit code 2 on
+    an invalid recipe."""
+    from edgecompress.recipe import load_recipe
+
+    try:
+        parsed = load_recipe(recipe)
+    except EdgeCompressError as err:
+        _fail(err)
+    stages = ", ".join(s.name for s in parsed.stages) or "no stages"
+    out_console.print(f"{escape(str(recipe))}: a valid recipe ({len(parsed.stages)} stage"
+                      f"{'' if len(parsed.stages) == 1 else 's'}: {escape(stages)})", highlight=False)
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

@@ -13,15 +13,17 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.measure import count_macs, count_params, layer_table
 from edgecompress.prune.analysis import prunability
 from edgecompress.runtimes import Artifact, all_runtimes, for_suffix
-from edgecompress.zoo.loading import ModelSpec, check_input, load_model
+from edgecompress.zoo.loading import ModelSpec, check_input, load_model, read_state_dict
 
 
 def load_for_inspect(arg: str, input_shape: tuple[int, ...], classes: int, arch: str | None,
                      trust_pickle: bool) -> tuple[nn.Module, tuple[int, ...]]:
-    """A model from a zoo name, a recipe file, ``package.module:callable``, a .pt2 archive, a weights file
-    (with ``arch``) or a pickled model (with ``trust_pickle``)."""
+    """A model from a zoo name, a recipe (file or packaged name), ``package.module:callable``, a .pt2 archive, a
+    weights file (with ``arch``) or a pickled model (with ``trust_pickle``)."""
+    from edgecompress import packaged
+
     path = Path(arg)
-    if path.suffix in (".yaml", ".yml"):
+    if path.suffix in (".yaml", ".yml") or (arg not in zoo.names() and arg in packaged.names()):
         from edgecompress import baseline
         from edgecompress.data.datasets import load_task
         from edgecompress.recipe import load_recipe
@@ -35,6 +37,7 @@ def load_for_inspect(arg: str, input_shape: tuple[int, ...], classes: int, arch:
     elif path.suffix in (".safetensors", ".pt", ".pth", ".bin") and arch:
         spec = ModelSpec(weights=path, **arch_key)
     elif path.suffix in (".pt", ".pth", ".pkl"):
+        _refuse_state_dict(path)
         spec = ModelSpec(pickle=path)
     elif ":" in arg:
         spec = ModelSpec(callable=arg)
@@ -43,6 +46,17 @@ def load_for_inspect(arg: str, input_shape: tuple[int, ...], classes: int, arch:
     model = load_model(spec, input_shape, classes, trust_pickle=trust_pickle)
     check_input(model, input_shape)
     return model, input_shape
+
+
+def _refuse_state_dict(path: Path) -> None:
+    """A weights file given without ``--arch`` is told to pass it (it is not a pickled model)."""
+    try:
+        read_state_dict(path)
+    except EdgeCompressError:
+        return  # not a state_dict: a pickled model (or a missing or damaged file), which the pickle loader names
+    raise EdgeCompressError("the file holds only weights (a state_dict), not the model's architecture",
+                            where=str(path), fix="pass --arch with a zoo name (e.g. --arch resnet20) or "
+                                                 "package.module:callable that builds the model")
 
 
 def inspect_model(model: nn.Module, input_shape: tuple[int, ...]) -> dict:

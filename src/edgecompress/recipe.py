@@ -11,14 +11,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from edgecompress import registry
+from edgecompress import packaged, registry
 from edgecompress.data.options import DATA_OPTIONS, DataSpec, Mnist5kData
 from edgecompress.errors import EdgeCompressError
 from edgecompress.registry import StageConfig
@@ -284,12 +283,10 @@ def _validate(data: Any, source: str, lines: dict[Path_, int]) -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a YAML recipe file (or the name of a packaged recipe, e.g. ``default``)."""
     path = Path(path)
-    if not path.exists() and path.suffix == "":
-        packaged = resources.files("edgecompress") / "recipes" / f"{path.name}.yaml"
-        if packaged.is_file():
-            source = f"{path.name} (packaged)"
-            data, lines = load_yaml(packaged.read_text(), source)
-            return _validate(data, source, lines)
+    if not path.exists() and path.suffix == "" and path.name in packaged.names():
+        source = f"{path.name} (packaged)"
+        data, lines = load_yaml(packaged.text(path.name), source)
+        return _validate(data, source, lines)
     if not path.is_file():
         raise EdgeCompressError(
             "recipe file not found", where=str(path),
@@ -300,5 +297,4 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def packaged_recipes() -> list[str]:
-    folder = resources.files("edgecompress") / "recipes"
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return packaged.names()
