@@ -21,7 +21,7 @@ def test_forward_shape(name, shape, classes):
     with torch.no_grad():
         assert model(torch.randn(2, *shape)).shape == (2, classes)
     head = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
-    assert head[0].split(".")[-1] in ("classifier", "fc") and head[1].out_features == classes
+    assert head[0].split(".")[-1] in ("classifier", "fc", "_fc") and head[1].out_features == classes
 
 
 @pytest.mark.parametrize("name,shape", [("ds_cnn", (1, 49, 10)), ("mnist_cnn", (1, 8, 8)), ("mnist_cnn", (1, 40)),
