@@ -40,14 +40,17 @@ def _as_task(task: TaskLike, recipe: Recipe) -> Task:
 
 def compress(model: nn.Module | None = None, task: TaskLike = None, recipe: RecipeLike = "default", *,
              out: str | Path | None = None, resume: bool = False, force: bool = False, progress: bool = True,
-             report: bool = True, trust_pickle: bool = False) -> RunResult:
+             report: bool = True, trust_pickle: bool = False, threads: int | None = None) -> RunResult:
     """Run ``recipe`` (a path, a packaged recipe name, a Recipe or a list of stage dicts) on ``model``
     (default: the recipe's model) and ``task`` (a Task, a DataSpec, a dataset name, or the recipe's data).
+    ``threads`` replaces the recipe's (torch's CPU threads for the run; default: half the usable CPUs).
 
     The input model is never modified. Returns a :class:`RunResult` with the compressed model, the
     deployable artifact (``result.export(path)`` copies it), the per-stage metrics and the report path.
     """
     recipe = _as_recipe(recipe)
+    if threads is not None:
+        recipe = recipe.with_threads(threads)
     if model is None and recipe.model is None:
         raise ValueError("pass a model, or a recipe with a `model:` section")
     if out is None:

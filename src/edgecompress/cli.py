@@ -53,6 +53,8 @@ def run(
     strict: bool = typer.Option(False, "--strict", help="exit with code 1 when a target is missed"),
     device: str | None = typer.Option(None, "--device", help="where compression work runs, instead of the recipe's "
                                                               "device: auto, cpu, cuda or cuda:N"),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for the compression work, instead of the "
+                                                               "recipe's (default: half the usable CPUs, at least 1)"),
 ) -> None:
     """Run a compression recipe and print the per-stage table and the report path."""
     from edgecompress.pipeline import Pipeline
@@ -68,6 +70,8 @@ def run(
         parsed = load_recipe(chosen)
         if device is not None:
             parsed = parsed.with_device(device)
+        if threads is not None:
+            parsed = parsed.with_threads(threads)
         out = out or Path("runs") / f"{parsed.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         result = Pipeline(parsed, out, resume=resume is not None, force=force, trust_pickle=trust_pickle,
                           progress=progress).run()

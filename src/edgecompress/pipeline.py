@@ -72,6 +72,7 @@ class Pipeline:
         self.export, self.runtime_choice = recipe.export, None  # resolved when export.format is "fastest"
         self.baseline_report: StageReport | None = None  # loading (and training) the baseline
         self.device = placement.CPU  # the recipe's device, resolved (and checked) when the run starts
+        self.threads = recipe.threads or placement.default_threads()  # torch's CPU threads for the whole run
 
     # -- model building -------------------------------------------------------------------------------
     def _build(self, arch: dict | None) -> nn.Module:
@@ -134,7 +135,11 @@ class Pipeline:
     # -- whole run ------------------------------------------------------------------------------------
     def run(self) -> RunResult:
         """Check the run directory, load and check the model and data, then run inside a locked workspace
-        (a replaced run is removed only once the new baseline exists)."""
+        (a replaced run is removed only once the new baseline exists); torch uses ``self.threads`` throughout."""
+        with placement.torch_threads(self.threads):
+            return self._checked_run()
+
+    def _checked_run(self) -> RunResult:
         started = time.perf_counter()
         rundir.check_target(self.out, resume=self.resume, force=self.force)
         self.device = placement.resolve_device(self.recipe.device)
@@ -213,7 +218,7 @@ class Pipeline:
         r = self.recipe
         model_name = (r.model.zoo or r.model.callable or "file") if r.model else type(self.user_model).__name__
         return {"recipe": r.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": r.seed,
-                "model": model_name, "dataset": self.task.name,
+                "model": model_name, "dataset": self.task.name, "threads": self.threads,
                 "task": {"kind": self.task.kind, "metric": self.task.metric},
                 "export": self.export.model_dump(), "targets": r.targets.model_dump(), "history": history,
                 **({"runtime_choice": self.runtime_choice} if self.runtime_choice else {}), **extra}

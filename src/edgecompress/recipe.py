@@ -52,6 +52,8 @@ def check_device(value: str) -> str:
 
 
 Device = Annotated[str, AfterValidator(check_device)]
+Threads = Annotated[int, Field(ge=1, le=256)]
+_THREADS = TypeAdapter(Threads)
 
 
 class PretrainSpec(BaseModel):
@@ -99,6 +101,9 @@ class Recipe(BaseModel):
     seed: int = Field(0, ge=0, lt=2**32, description="seed of the run; stage i uses seed + i")
     device: Device = Field("cpu", description=f"where the compression work runs: {DEVICES}. Stages without GPU "
                                               "support run on the CPU; artifacts are always measured on the CPU")
+    threads: Threads | None = Field(None, description=(
+        "CPU threads torch uses for the compression work (training, calibration, solves); default: half the CPUs "
+        "the process may use, at least 1. The latency of artifacts is measured with export.threads"))
     model: ModelSection | None = Field(None, description="the model (omit when passing one from Python)")
     data: DataSpec = Field(default_factory=Mnist5kData, description="dataset and splits")
     stages: list[StageEntry] = Field(default_factory=list, description="ordered compression stages")
@@ -125,10 +130,11 @@ class Recipe(BaseModel):
         return data
 
     def fingerprint(self) -> str:
-        """What a resumed run must match. ``device`` is left out: a run may resume on another device (each stage's
-        report says where it ran)."""
+        """What a resumed run must match. ``device`` and ``threads`` are left out: a run may resume on another
+        device or with other threads (each stage's report says where it ran)."""
         data = self._resolved()
         del data["device"]
+        data.pop("threads", None)
         return hashlib.sha256(yaml.safe_dump(data, sort_keys=False).encode()).hexdigest()[:16]
 
     def with_device(self, device: str) -> Recipe:
@@ -138,6 +144,14 @@ class Recipe(BaseModel):
         except ValueError:
             raise EdgeCompressError(f"{shown(device)} is not a device", where="--device",
                                     fix=f"use {DEVICES}") from None
+
+    def with_threads(self, threads: int) -> Recipe:
+        """This recipe with its ``threads`` replaced (``edgecompress run --threads``, ``compress(threads=)``)."""
+        try:
+            return self.model_copy(update={"threads": _THREADS.validate_python(threads)})
+        except ValidationError:
+            raise EdgeCompressError(f"{shown(threads)} is not a thread count", where="threads",
+                                    fix="use a whole number from 1 to 256") from None
 
 
 def _without_default_nones(model: BaseModel, dumped: dict[str, Any]) -> dict[str, Any]:
