@@ -161,3 +161,54 @@ def test_stage_table_renders_in_120_columns():
 def test_checks_table_shows_pass_and_fail():
     text = _console_text(checks_table(sample_metrics()))
     assert "PASS" in text and "FAIL" in text and "max accuracy drop" in text
+
+
+def _html(tmp_path: Path, metrics: dict) -> str:
+    return build_report(_run_dir(tmp_path, metrics)).read_text(encoding="utf-8")
+
+
+def test_verdict_counts_targets_in_words():
+    from edgecompress.report.html import verdict
+
+    passed, failed = {"passed": True}, {"passed": False}
+    assert verdict([passed]) == "The target was met" and verdict([failed]) == "The target was missed"
+    assert verdict([passed] * 3) == "All 3 targets met" and verdict([passed, failed, passed]) == "1 of 3 targets missed"
+
+
+def test_report_says_one_thread_and_the_compression_threads(tmp_path):
+    html = _html(tmp_path, {**sample_metrics(), "threads": 2})
+    assert "1 thread," in html and "1 threads" not in html and "thread(s)" not in html
+    assert "compression used <b>2 threads</b>" in html and "latency measured with <b>1 thread</b>" in html
+    assert "All 1 targets" not in _html(tmp_path, {**sample_metrics(), "checks": sample_metrics()["checks"][:1]})
+
+
+def test_compression_time_leaves_out_the_baseline(tmp_path):
+    html = _html(tmp_path, sample_metrics())  # stage_seconds 12.3 (baseline), 13.3, 14.3, 15.3
+    assert "42.9 s" in html and "baseline, not included: 12.3 s" in html
+
+
+def test_structured_only_run_has_a_sentence_instead_of_an_empty_sparsity_panel(tmp_path):
+    assert "Sparsity" in [p.title for p in make_plots(sample_metrics())]  # the final model has 12% zeros
+    dense = copy.deepcopy(sample_metrics())
+    for layer in dense["history"][-1]["layers"]:
+        layer["nonzero"] = layer["params"]
+    assert "Sparsity" not in [p.title for p in make_plots(dense)]
+    assert "No per-layer sparsity panel" in _html(tmp_path, dense)
+    assert "No per-layer sparsity panel" not in _html(tmp_path, sample_metrics())
+
+
+def test_report_and_checkpoint_files_are_0644_like_the_others(tmp_path):
+    import os
+
+    import torch
+
+    from edgecompress.checkpoint import save_model
+
+    previous = os.umask(0o022)
+    try:
+        report = build_report(_run_dir(tmp_path, sample_metrics()))
+        save_model(torch.nn.Linear(2, 2), tmp_path / "ckpt")
+    finally:
+        os.umask(previous)
+    for path in (report, tmp_path / "ckpt" / "model.safetensors", tmp_path / "ckpt" / "model.json"):
+        assert oct(path.stat().st_mode & 0o777) == oct(0o644), path

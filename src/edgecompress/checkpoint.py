@@ -10,7 +10,6 @@ be loaded with ``weights_only=True``; that is why this is written here.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from edgecompress import atomic
 from edgecompress.errors import EdgeCompressError
 
 ARCH_ATTR = "_edgecompress_arch"  # set by zoo.build / model loading: how to rebuild the architecture
@@ -37,19 +37,13 @@ def _scalar_attrs(module: nn.Module) -> dict[str, Any]:
     return attrs
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_model(model: nn.Module, directory: Path) -> Path:
     """Write ``model.safetensors`` + ``model.json`` into ``directory`` atomically; return the json path."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     tmp = directory / "model.safetensors.tmp"
     save_file(state, str(tmp))
-    os.replace(tmp, directory / "model.safetensors")
+    atomic.replace(tmp, directory / "model.safetensors")
     meta = {
         "arch": getattr(model, ARCH_ATTR, None),
         "modules": {name: _scalar_attrs(m) for name, m in model.named_modules()},
@@ -57,7 +51,7 @@ def save_model(model: nn.Module, directory: Path) -> Path:
         "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
     }
     path = directory / "model.json"
-    _atomic_write_text(path, json.dumps(meta))
+    atomic.write_text(path, json.dumps(meta))
     return path
 
 

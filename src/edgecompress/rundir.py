@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from edgecompress import atomic
 from edgecompress.errors import EdgeCompressError
 
 STATE, METRICS, RECIPE = "state.json", "metrics.json", "recipe.yaml"
@@ -46,10 +47,8 @@ def os_error(err: OSError, path: Path) -> EdgeCompressError:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic.write_text(path, text)
     except OSError as err:
         raise os_error(err, path) from None
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader
 
-from edgecompress import __version__
+from edgecompress import __version__, atomic
 from edgecompress.errors import EdgeCompressError
-from edgecompress.report.plots import make_plots
+from edgecompress.report.plots import dense_note, make_plots
 from edgecompress.report.table import (
     COLUMNS,
     DASH,
@@ -21,6 +21,7 @@ from edgecompress.report.table import (
     fmt_value,
     history,
     number,
+    plural,
     stage_metrics,
     fmt_count,
     stage_rows,
@@ -90,9 +91,19 @@ def _cards(metrics: dict) -> list[dict[str, Any]]:
         if key == "accuracy_drop_points" and summary.get("metric") == "agreement_top1":
             label = "Agreement drop"  # unlabeled data: top-1 agreement with the original model
         cards.append({"label": label, "value": text, "unit": unit if value is not None else "", "checks": related})
-    cards.append({"label": "Compression time", "value": _duration(summary.get("total_seconds")), "unit": "",
-                  "checks": [], "notes": _cost_notes(summary.get("compression_cost"))})
+    seconds = [number(stage_metrics(e).get("stage_seconds")) for e in history(metrics)] or [None]
+    baseline = [] if seconds[0] is None else [f"baseline, not included: {_duration(seconds[0])}"]
+    cards.append({"label": "Compression time", "value": _duration(sum(s or 0 for s in seconds[1:])), "unit": "",
+                  "checks": [], "notes": _cost_notes(summary.get("compression_cost")) + baseline})
     return cards
+
+
+def verdict(checks: list[dict[str, Any]]) -> str:
+    """'The target was met', 'All 3 targets met', '1 of 3 targets missed'."""
+    failed = sum(c["passed"] is False for c in checks)
+    if len(checks) == 1:
+        return f"The target was {'missed' if failed else 'met'}"
+    return f"{failed} of {len(checks)} targets missed" if failed else f"All {len(checks)} targets met"
 
 
 def _cost_notes(cost: Any) -> list[str]:
@@ -128,16 +139,18 @@ def _deployment(metrics: dict) -> dict[str, str]:
     export = metrics.get("export") if isinstance(metrics.get("export"), dict) else {}
     entries = history(metrics)
     last = stage_metrics(entries[-1]) if entries else {}
-    return {key: fmt_value(export.get(key, last.get(key))) for key in ("format", "runtime", "threads", "batch")}
+    values = {key: export.get(key, last.get(key)) for key in ("format", "runtime", "threads", "batch")}
+    return {**{key: fmt_value(v) for key, v in values.items()}, "threads": plural(values["threads"], "thread")}
 
 
 def render_report(metrics: dict) -> str:
     """The report for ``metrics`` (the parsed metrics.json) as one HTML string."""
     deploy = _deployment(metrics)
     meta = [("recipe", fmt_value(metrics.get("recipe"))), ("format", deploy["format"]),
-            ("runtime", deploy["runtime"]), ("threads", deploy["threads"]), ("batch", deploy["batch"]),
+            ("runtime", deploy["runtime"]), ("latency measured with", deploy["threads"]), ("batch", deploy["batch"]),
+            ("compression used", plural(metrics.get("threads"), "thread")),
             ("seed", fmt_value(metrics.get("seed"))), ("created", fmt_value(metrics.get("created")).replace("T", " "))]
-    setup = [f"{deploy['format']} in {deploy['runtime']}", f"{deploy['threads']} thread(s)", f"batch {deploy['batch']}"]
+    setup = [f"{deploy['format']} in {deploy['runtime']}", deploy["threads"], f"batch {deploy['batch']}"]
     checks = check_rows(metrics)
     return _environment().get_template("report.html").render(
         m=metrics,
@@ -149,7 +162,9 @@ def render_report(metrics: dict) -> str:
         rows=stage_rows(metrics),
         checks=checks,
         failed=sum(c["passed"] is False for c in checks),
+        verdict=verdict(checks),
         plots=make_plots(metrics),
+        plot_notes=[note for note in (dense_note(metrics),) if note],
         stages=history(metrics),
         energy_sources=_energy_sources(metrics),
         runtime_choice=metrics.get("runtime_choice") if isinstance(metrics.get("runtime_choice"), dict) else None,
@@ -165,7 +180,7 @@ def build_report(run_dir: Path) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(html)
-        os.replace(tmp, target)
+        atomic.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

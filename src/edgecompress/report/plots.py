@@ -212,12 +212,31 @@ def kept_channels(metrics: dict) -> str | None:
                        "output channels kept (% of baseline)", "Kept channels per layer (final vs baseline)")
 
 
-def layer_sparsity(metrics: dict) -> str | None:
-    """Per-layer sparsity (1 - nonzero/params) of the final stage's conv/linear layers; None without layer data."""
+SPARSE_PERCENT = 1.0  # below this share of zero weights in every layer, the sparsity panel is left out
+
+
+def _sparsity_rows(metrics: dict) -> list[tuple[str, float]]:
+    """(layer, % of exactly-zero weights) of the final stage's conv/linear layers."""
     rows = [(str(layer.get("name")), number(layer.get("params")), number(layer.get("nonzero")))
             for layer in _final_layers(metrics) if _is_weight_layer(layer)]
-    rows = [(name, 100 * (1 - nz / p)) for name, p, nz in rows if p and nz is not None]
-    if not rows:
+    return [(name, 100 * (1 - nz / p)) for name, p, nz in rows if p and nz is not None]
+
+
+def dense_note(metrics: dict) -> str | None:
+    """Why the sparsity panel is missing when the layers are known but (almost) free of zeros, e.g. after
+    structured pruning only; None otherwise."""
+    rows = _sparsity_rows(metrics)
+    if not rows or max(share for _, share in rows) >= SPARSE_PERCENT:
+        return None
+    return (f"No per-layer sparsity panel: every layer of the final model has fewer than {SPARSE_PERCENT:g}% zero "
+            "weights (structured pruning removes channels instead of zeroing weights; see Kept channels).")
+
+
+def layer_sparsity(metrics: dict) -> str | None:
+    """Per-layer sparsity (1 - nonzero/params) of the final stage's conv/linear layers; None without layer data or
+    when no layer has ``SPARSE_PERCENT`` zeros (``dense_note`` says so)."""
+    rows = _sparsity_rows(metrics)
+    if not rows or dense_note(metrics):
         return None
 
     return _layer_bars([name for name, _ in rows], [share for _, share in rows],

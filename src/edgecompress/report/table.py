@@ -98,6 +98,12 @@ def fmt_ratio(baseline: Any, value: Any) -> str:
     return DASH if b is None or not v else f"{b / v:.1f}×"
 
 
+def plural(count: Any, noun: str) -> str:
+    """'1 thread', '2 threads' (a non-number count as a dash)."""
+    n = number(count)
+    return DASH if n is None else f"{fmt_value(count)} {noun}{'' if n == 1 else 's'}"
+
+
 def fmt_value(value: Any) -> str:
     """Any scalar for display: numbers with up to 4 significant digits, None as a dash, the rest as text."""
     if value is None:
