@@ -79,6 +79,13 @@ class SyntheticData(_Common):
         return _positive(shape)
 
 
+def _check_normalization(mean: list[float] | None, std: list[float] | None) -> None:
+    if (mean is None) != (std is None):
+        raise ValueError("give both `mean` and `std` (one value per channel), or neither")
+    if std is not None and (len(std) != len(mean) or min(std) <= 0):
+        raise ValueError(f"`mean` and `std` need one value per channel and std > 0, got {mean} / {std}")
+
+
 class _UserData(_Common):
     """Options shared by the user's own data: where it is, labels or not, and the input normalization."""
 
@@ -95,10 +102,7 @@ class _UserData(_Common):
 
     @model_validator(mode="after")
     def _normalization(self):
-        if (self.mean is None) != (self.std is None):
-            raise ValueError("give both `mean` and `std` (one value per channel), or neither")
-        if self.std is not None and (len(self.std) != len(self.mean) or min(self.std) <= 0):
-            raise ValueError(f"`mean` and `std` need one value per channel and std > 0, got {self.mean} / {self.std}")
+        _check_normalization(self.mean, self.std)
         return self
 
 
@@ -130,6 +134,36 @@ class TensorsData(_UserData):
         return _positive(shape)
 
 
+class PhotosData(_Base):
+    """Unlabeled random resized crops of the natural photos that ship with scikit-image, matplotlib and
+    scikit-learn (19 photos, 8 of them grayscale); train, val and test crops come from disjoint photos."""
+
+    dataset: Literal["photos"] = "photos"
+    input_shape: Shape = Field((3, 224, 224), description="[C, H, W] of each crop, C 1 (grayscale) or 3 (RGB)")
+    crops: tuple[int, int, int] = Field((256, 64, 256), description=(
+        "crops drawn for the train (calibration), val and test splits"))
+    scale: tuple[float, float] = Field((0.1, 1.0), description=(
+        "each crop covers this range of its photo's area (aspect ratio 3/4..4/3), then is resized to input_shape"))
+    num_classes: int | None = Field(None, ge=1, description="number of model outputs (needed to build a zoo model)")
+    mean: list[float] | None = Field(None, description="per-channel mean subtracted from the [0, 1] pixels")
+    std: list[float] | None = Field(None, description="per-channel standard deviation the pixels are divided by")
+
+    @field_validator("input_shape")
+    @classmethod
+    def _image_shape(cls, shape: Shape) -> Shape:
+        if len(_positive(shape)) != 3 or shape[0] not in (1, 3):
+            raise ValueError(f"photos input_shape must be [C, H, W] with C 1 or 3, got {list(shape)}")
+        return shape
+
+    @model_validator(mode="after")
+    def _check(self):
+        if min(self.crops) < 1 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"crops must be >= 1 and 0 < scale[0] <= scale[1] <= 1, got {list(self.crops)} and "
+                             f"{list(self.scale)}")
+        _check_normalization(self.mean, self.std)
+        return self
+
+
 class TextData(_Base):
     """Text for a causal language model or an embedding model, cut into token sequences (byte tokenizer).
 
@@ -152,10 +186,10 @@ def _default_kind(data: Any) -> Any:
 
 
 DataSpec = Annotated[Annotated[DigitsData | Mnist5kData | Mnist1dData | SyntheticData | FolderData | TensorsData
-                               | TextData, Field(discriminator="dataset")], BeforeValidator(_default_kind)]
+                               | PhotosData | TextData, Field(discriminator="dataset")], BeforeValidator(_default_kind)]
 _ADAPTER: TypeAdapter = TypeAdapter(DataSpec)
 DATA_OPTIONS: dict[str, type[_Base]] = {cls.model_fields["dataset"].default: cls for cls in (
-    DigitsData, Mnist5kData, Mnist1dData, SyntheticData, FolderData, TensorsData, TextData)}  # name -> options
+    DigitsData, Mnist5kData, Mnist1dData, SyntheticData, FolderData, TensorsData, PhotosData, TextData)}  # name -> options
 
 
 def data_spec(**fields: Any) -> DataSpec:

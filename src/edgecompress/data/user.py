@@ -8,6 +8,7 @@ to [0, 1] (images), resized and normalized by the recipe's ``mean``/``std``.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,16 +46,37 @@ def _unlabeled(name: str, x: np.ndarray, spec: DataSpec, where: str, test: np.nd
     train, val, test_ = (TensorDataset(torch.tensor(np.ascontiguousarray(s[0]), dtype=torch.float32)) for s in splits)
     return UnlabeledTask(name, train, val, test_, tuple(x.shape[1:]), spec.num_classes)
 
-def _read_image(file: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
+def _read_image(file: Path, mode: str, size: tuple[int, int]) -> tuple[np.ndarray | None, tuple[int, int] | None]:
+    """The image resized to ``size`` (W, H) in [0, 1], [C, H, W], and its own size; (None, None) if unreadable."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(file) as image:
+            own = image.size
             pixels = np.asarray(image.convert(mode).resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as err:
-        raise EdgeCompressError(f"cannot read image ({err})", where=str(file),
-                                fix="remove or replace the file") from None
-    return pixels[None] if mode == "L" else pixels.transpose(2, 0, 1)
+    except (UnidentifiedImageError, OSError):
+        return None, None
+    return (pixels[None] if mode == "L" else pixels.transpose(2, 0, 1)), own
+
+
+def _read_images(files: list[Path], mode: str, size: tuple[int, int], root: Path) -> tuple[np.ndarray, list[Path]]:
+    """The readable images of ``files`` stacked, and the files kept. Unreadable files are skipped and listed in a
+    warning (an error when none is readable); images of another size are resized, which a warning says."""
+    read = [(f, *_read_image(f, mode, size)) for f in files]
+    bad = [f.name for f, pixels, _ in read if pixels is None]
+    kept = [(f, pixels, own) for f, pixels, own in read if pixels is not None]
+    if not kept:
+        raise EdgeCompressError(f"none of the {len(files)} image files can be read (e.g. {bad[0]})", where=str(root),
+                                fix="put readable images (PNG, JPEG, ...) into the folder")
+    if bad:
+        listed = ", ".join(bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
+        warnings.warn(f"data ({root}): skipped {len(bad)} unreadable image file(s): {listed}", stacklevel=3)
+    resized = sorted({own for _, _, own in kept if own != size})
+    if resized:
+        warnings.warn(f"data ({root}): {sum(own != size for _, _, own in kept)} of {len(kept)} images resized to "
+                      f"{size[0]}x{size[1]} (data.input_shape) from other sizes, e.g. "
+                      f"{', '.join(f'{w}x{h}' for w, h in resized[:3])}", stacklevel=3)
+    return np.stack([pixels for _, pixels, _ in kept]), [f for f, _, _ in kept]
 
 
 @register_dataset("folder")
@@ -80,13 +102,14 @@ def folder(spec: FolderData) -> Task:
         files = loose + [f for files in classes.values() for f in files]
         if not files:
             raise EdgeCompressError("no images found", where=str(root), fix=f"arrange the data as {layout}")
-        x = _normalized(np.stack([_read_image(f, mode, (w, h)) for f in files]), spec, str(root))
+        x = _normalized(_read_images(files, mode, (w, h), root)[0], spec, str(root))
         return _unlabeled(f"folder:{root.name}", x, spec, f"data ({root})")
     if len(classes) < 2:
         raise EdgeCompressError(f"found {len(classes)} class subfolder(s) with images; classification needs at least 2",
                                 where=str(root), fix=f"arrange the data as {layout}, or set labels: false")
-    x = np.stack([_read_image(f, mode, (w, h)) for files in classes.values() for f in files])
-    y = np.concatenate([np.full(len(files), i, dtype=np.int64) for i, files in enumerate(classes.values())])
+    label = {f: i for i, files in enumerate(classes.values()) for f in files}
+    x, kept = _read_images(list(label), mode, (w, h), root)
+    y = np.array([label[f] for f in kept], dtype=np.int64)
     x = _normalized(x, spec, str(root))
     return _task(f"folder:{root.name}", _three_way((x, y), spec, f"data ({root})"), spec.num_classes or len(classes))
 
