@@ -15,13 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 from torch import nn
 
 from edgecompress import baseline, placement, registry, rundir, validate
 from edgecompress.checkpoint import load_model, save_model
 from edgecompress.context import StageContext, StageMeter, StageOutput, StageReport
 from edgecompress.data.datasets import load_task
+from edgecompress.summary import chance_warning, checks, summarize
 from edgecompress.tasks import Task
+from edgecompress.tasks.classification import ClassificationTask
 from edgecompress.export import Artifact, export
 from edgecompress.measure import layer_table, measure
 from edgecompress.recipe import Recipe
@@ -246,6 +249,10 @@ class Pipeline:
             self._resolve_fastest(model)
             console.print("[bold cyan]stage 0[/] baseline")
             history.append(self._record(0, "baseline", "baseline", model, None, {}, self.baseline_report))
+            warning = self._baseline_warning(history[0])
+            if warning:
+                log.warning(warning)
+                console.print(f"[bold red]warning:[/] {escape(warning)}", highlight=False)
             self._save(history)
             workspace.baseline_saved()
             teacher = model
@@ -258,6 +265,19 @@ class Pipeline:
             model = self._checkpoint(history[-1])  # the exact model a resumed run would continue from
             log.info("stage %d %s done: %s", index, entry.name, history[-1]["metrics"])
         return self._finish(history, model, started)
+
+    def _test_samples(self) -> int | None:
+        """The size of the labelled test split of a classification task (None for other tasks)."""
+        if isinstance(self.task, ClassificationTask) and self.task.has_labels:
+            return len(self.task.split("test"))
+        return None
+
+    def _baseline_warning(self, baseline: dict) -> str | None:
+        """Why the run says nothing when the baseline's accuracy is at chance level (None otherwise)."""
+        accuracy, samples = baseline["metrics"].get("accuracy"), self._test_samples()
+        if accuracy is None or samples is None:
+            return None
+        return chance_warning(accuracy, self.task.chance_accuracy(), samples)
 
     def _gpu_metrics(self, model: nn.Module) -> dict[str, Any]:
         """The final float model's PyTorch latency (CUDA events) and energy (NVML, where present) on the run's GPU."""
@@ -274,8 +294,6 @@ class Pipeline:
             return {"gpu_metrics_error": f"not measured on {self.device}: {reason}"}
 
     def _finish(self, history: list[dict], model: nn.Module, started: float) -> RunResult:
-        from edgecompress.summary import checks, summarize
-
         final = history[-1]
         inside = functools.partial(rundir.child, self.out)
         artifact = Artifact.from_json({**final["artifact"], "path": str(inside(final["artifact"]["path"])),
@@ -291,7 +309,9 @@ class Pipeline:
             final["metrics"].update(self._gpu_metrics(model))
         summary = summarize(history, self.task.metric, self.task.higher_is_better)
         summary["run_seconds"] = round(time.perf_counter() - started, 2)
-        results = checks(history, self.recipe.targets, self.task.metric, self.task.higher_is_better)
+        summary["baseline_warning"] = self._baseline_warning(history[0])
+        results = checks(history, self.recipe.targets, self.task.metric, self.task.higher_is_better,
+                         self._test_samples())
         self._save(history, {"summary": summary, "checks": results})
         report = None
         if self.make_report:

@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from edgecompress.recipe import Targets
+
+NOISE_SE = 3.0  # two accuracies closer than this many standard errors of their difference are the same
+
+
+def accuracy_noise_points(a: float, b: float, samples: int) -> float:
+    """``NOISE_SE`` standard errors of the difference between accuracies ``a`` and ``b`` (fractions) measured on
+    ``samples`` test samples, in percentage points."""
+    return NOISE_SE * 100 * math.sqrt((a * (1 - a) + b * (1 - b)) / samples)
+
+
+def chance_warning(accuracy: float, chance: float, samples: int) -> str | None:
+    """Why a baseline at chance level makes the run meaningless (None when it is clearly above chance)."""
+    if 100 * (accuracy - chance) > accuracy_noise_points(accuracy, chance, samples):
+        return None
+    return (f"the baseline is at chance level: {100 * accuracy:.1f}% on {samples:,} test samples, where always "
+            f"answering the most frequent class scores {100 * chance:.1f}%. It is untrained (or does not fit this "
+            "data), so the accuracy drop says nothing. Train it first (edgecompress.train(model, task, epochs=5, "
+            "lr=0.05), or `pretrain:` under `model:` in the recipe) or load its trained weights")
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -55,7 +74,10 @@ _CHECKS = {  # target -> (summary or final-metric key, passes(got, wanted))
 
 
 def checks(history: list[dict[str, Any]], targets: Targets, metric: str = "accuracy",
-           higher_is_better: bool = True) -> list[dict[str, Any]]:
+           higher_is_better: bool = True, samples: int | None = None) -> list[dict[str, Any]]:
+    """Each target that is set, with what the run got and whether it passed. With ``samples`` (the size of the test
+    split), an accuracy gain beyond noise is not a pass: ``passed`` is None and ``note`` says the baseline was not
+    trained."""
     summary = summarize(history, metric, higher_is_better)
     values = {**history[-1]["metrics"], **summary}
     out = []
@@ -64,5 +86,12 @@ def checks(history: list[dict[str, Any]], targets: Targets, metric: str = "accur
             continue
         key, passes = _CHECKS[target]
         got = values.get(key)
-        out.append({"target": target, "wanted": wanted, "got": got, "passed": got is not None and passes(got, wanted)})
+        check = {"target": target, "wanted": wanted, "got": got, "passed": got is not None and passes(got, wanted)}
+        if target == "max_accuracy_drop" and metric == "accuracy" and samples and got is not None and got < 0:
+            noise = accuracy_noise_points(history[0]["metrics"][metric], history[-1]["metrics"][metric], samples)
+            if -got > noise:
+                check.update(passed=None, note=f"the baseline was not trained: the final model is {-got:.1f} points "
+                                               f"more accurate, beyond the noise of {samples:,} test samples "
+                                               f"(±{noise:.1f} points)")
+        out.append(check)
     return out

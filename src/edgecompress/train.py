@@ -1,9 +1,15 @@
-"""The one training loop every stage reuses: plain supervised training or knowledge distillation."""
+"""The one training loop every stage reuses: plain supervised training or knowledge distillation.
+
+The module is callable, so that ``edgecompress.train(model, task, ...)`` is :func:`train` whether or not this
+module was imported first (importing it sets the package attribute ``train`` to the module).
+"""
 
 from __future__ import annotations
 
 import math
+import sys
 import time
+import types
 from collections.abc import Callable
 from typing import Literal
 
@@ -190,3 +196,11 @@ def train(
             if teacher is not None:
                 teacher.train(teacher_was_training)
     return history
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs) -> list[dict]:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

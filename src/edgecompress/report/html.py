@@ -99,7 +99,9 @@ def _cards(metrics: dict) -> list[dict[str, Any]]:
 
 
 def verdict(checks: list[dict[str, Any]]) -> str:
-    """'The target was met', 'All 3 targets met', '1 of 3 targets missed'."""
+    """'The target was met', 'All 3 targets met', '1 of 3 targets missed', or why they were not judged."""
+    if any(c.get("note") for c in checks):
+        return "Not judged: the baseline was not trained"
     failed = sum(c["passed"] is False for c in checks)
     if len(checks) == 1:
         return f"The target was {'missed' if failed else 'met'}"
@@ -161,7 +163,7 @@ def render_report(metrics: dict) -> str:
                         stage_rows(metrics)),  # together
         rows=stage_rows(metrics),
         checks=checks,
-        failed=sum(c["passed"] is False for c in checks),
+        all_passed=all(c["passed"] is True for c in checks),
         verdict=verdict(checks),
         plots=make_plots(metrics),
         plot_notes=[note for note in (dense_note(metrics),) if note],

@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 DASH = "—"
@@ -203,6 +204,7 @@ def check_rows(metrics: dict) -> list[dict[str, Any]]:
                 "wanted": fmt_value(check.get("wanted")),
                 "got": fmt_value(check.get("got")),
                 "passed": passed if isinstance(passed, bool) else None,
+                "note": str(check["note"]) if check.get("note") else None,
             })
     return rows
 
@@ -215,9 +217,15 @@ def checks_table(metrics: dict) -> Table:
     table.add_column("Wanted", justify="right")
     table.add_column("Got", justify="right")
     table.add_column("Result")
+    notes = []
     for row in check_rows(metrics):
         result = {True: "[green]PASS[/]", False: "[bold red]FAIL[/]"}.get(row["passed"], DASH)
+        if row["note"]:
+            result = "[bold yellow]not judged[/]"
+            notes.append(f"{row['target']}: {escape(row['note'])}")
         table.add_row(row["target"], row["wanted"], row["got"], result)
     if not table.row_count:
         table.caption = "no targets set"
+    elif notes:
+        table.caption, table.caption_justify = "\n".join(notes), "left"
     return table

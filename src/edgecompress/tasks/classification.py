@@ -43,6 +43,11 @@ class ClassificationTask(Task):
     def output_loss(self, outputs: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return F.cross_entropy(outputs, batch[1])
 
+    def chance_accuracy(self, split: str = "test") -> float:
+        """The accuracy of always answering the split's most frequent class (about what an untrained model scores)."""
+        labels = self.split(split).tensors[1]
+        return float(torch.bincount(labels).max()) / len(labels)
+
     def evaluate(self, predict: Predict, split: str = "test", batch_size: int = 256) -> dict[str, float]:
         """Accuracy and macro-F1 of ``predict`` on a split (empty without labels)."""
         if not self.has_labels:
