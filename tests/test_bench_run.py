@@ -28,3 +28,33 @@ def test_bench_run_dir_measures_the_runs_own_artifact(tmp_path, digits_task):
     assert own["accuracy"] == final["accuracy"] and own["size_bytes"] == final["size_bytes"]  # the same file
     assert others and all(row["source"].startswith("re-export") for row in others)
     assert {row["runtime"] for row in others} >= {"onnxruntime", "executorch"}
+
+
+ROWS = [
+    {"source": "the run's artifact", "runtime": "onnxruntime", "precision": "int8", "accuracy": 0.9689,
+     "size_bytes": 29142, "latency_p50_ms": 0.152, "latency_p95_ms": 0.2, "throughput_sps": 6543.2},
+    {"source": "re-export (default quant.ptq)", "runtime": "executorch", "precision": "int8", "accuracy": 0.966,
+     "size_bytes": 25000, "latency_p50_ms": 0.252, "latency_p95_ms": 0.3, "throughput_sps": 3943.2,
+     "xnnpack_nodes": 3, "portable_ops": {"aten.view_copy": 2}},
+]
+
+
+def _rendered(width: int, wide: bool) -> str:
+    import io
+
+    from rich.console import Console
+
+    from edgecompress.cli import bench_table
+
+    console = Console(record=True, width=width, file=io.StringIO())
+    console.print(bench_table(ROWS, "final model of runs/x (1 thread, batch 1)", wide))
+    return console.export_text()
+
+
+def test_bench_table_fits_80_columns_and_wide_adds_the_rest():
+    text = _rendered(80, wide=False)
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert "96.89" in text and "96.60" in text and "6,543" in text and "(1 thread," in text
+    assert "p95" not in text and "portable" not in text
+    wide = _rendered(140, wide=True)
+    assert "…" not in wide and "aten.view_copy x2" in wide and "0.300" in wide

@@ -150,12 +150,52 @@ def test_corrupt_metrics_json_names_file(tmp_path):
     assert not (tmp_path / "report.html").exists()
 
 
-def test_stage_table_renders_in_120_columns():
-    text = _console_text(stage_table(sample_metrics()))
-    for name in ("baseline", "prune.structured", "finetune", "quant.ptq", "11.0M", "14.2×"):
+def test_wide_stage_table_renders_in_120_columns():
+    text = _console_text(stage_table(sample_metrics(), wide=True))
+    for name in ("baseline", "prune.structured", "finetune", "quant.ptq", "11.0M", "14.2×", "p95", "Energy"):
         assert name in text, name
-    assert max(len(line) for line in text.splitlines()) <= 120
+    assert max(len(line) for line in text.splitlines()) <= 120 and "…" not in text
     assert "—" in _console_text(stage_table({"history": [{"name": "baseline"}]}))
+
+
+def _text_at(width: int, renderable) -> str:
+    console = Console(record=True, width=width, file=io.StringIO())
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_default_stage_table_fits_80_columns_without_cutting_cells():
+    metrics = sample_metrics()
+    metrics["history"][2]["name"] = "finetune-with-a-long-stage-name"
+    text = _text_at(80, stage_table(metrics))
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for accuracy in ("98.10", "95.20", "97.80", "97.70"):
+        assert accuracy in text
+    for cell in ("385.7 KiB", "27.1 KiB", "11.0M", "14.2×", "0.410", "23.5k"):  # 23.5k: INT8 zeros, so Non-zero shows
+        assert cell in text, cell
+    assert "finetune-with-a-long-stage-name" in "".join(line.split(" ")[0] for line in text.splitlines())  # folded
+    assert "p95" not in text and "Energy" not in text  # left to --wide
+
+
+def test_default_stage_table_leaves_out_non_zero_when_nothing_was_zeroed():
+    metrics = sample_metrics()
+    for entry in metrics["history"]:
+        entry["metrics"]["nonzero_params"] = entry["metrics"]["params"]
+    assert "Non-" not in _text_at(80, stage_table(metrics))
+    assert "Non-" in _text_at(120, stage_table(metrics, wide=True))
+
+
+def test_report_command_prints_wide_tables_on_request(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgecompress.cli import app
+
+    _run_dir(tmp_path, sample_metrics())
+    narrow = CliRunner().invoke(app, ["report", str(tmp_path)])
+    wide = CliRunner().invoke(app, ["report", str(tmp_path), "--wide"])
+    assert narrow.exit_code == 0 and wide.exit_code == 0
+    assert "p95" not in narrow.output and "98.10" in narrow.output and "…" not in narrow.output
+    assert "p95" in wide.output and "98.10" in wide.output and "…" not in wide.output
 
 
 def test_checks_table_shows_pass_and_fail():

@@ -9,16 +9,28 @@ from pathlib import Path
 
 import typer
 from pydantic import ValidationError
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.ui import console
+from edgecompress.ui import console, plural
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress PyTorch networks for edge devices and prove every gain on a real runtime.")
 # stdout, for tables and results; piped output gets a wide fixed width instead of rich's 80 columns
 out_console = type(console)(width=None if sys.stdout.isatty() else 150)
+WIDE_COLUMNS = 140  # what `--wide` stage tables are laid out in (a narrower terminal wraps their lines)
+_WIDE_HELP = "every stage column (needs ~120 terminal columns; the default fits 80)"
+
+
+def _print_stage_tables(metrics: dict, wide: bool) -> None:
+    """The per-stage table and, when the run has targets, the target checks."""
+    from edgecompress.report import checks_table, stage_table
+
+    out_console.print(stage_table(metrics, wide), width=max(out_console.width, WIDE_COLUMNS) if wide else None)
+    if metrics.get("checks"):
+        out_console.print(checks_table(metrics))
 
 
 def _version(value: bool) -> None:
@@ -55,11 +67,11 @@ def run(
                                                               "device: auto, cpu, cuda or cuda:N"),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for the compression work, instead of the "
                                                                "recipe's (default: half the usable CPUs, at least 1)"),
+    wide: bool = typer.Option(False, "--wide", help=_WIDE_HELP),
 ) -> None:
     """Run a compression recipe and print the per-stage table and the report path."""
     from edgecompress.pipeline import Pipeline
     from edgecompress.recipe import load_recipe
-    from edgecompress.report import checks_table, stage_table
 
     try:
         if resume is not None:
@@ -78,8 +90,7 @@ def run(
     except EdgeCompressError as err:
         _fail(err)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
-    out_console.print(stage_table(metrics))
-    out_console.print(checks_table(metrics))
+    _print_stage_tables(metrics, wide)
     out_console.print(f"artifact: {result.artifact.path}")
     out_console.print(f"report:   {result.report}")
     if strict and not all(c["passed"] for c in result.checks):
@@ -211,6 +222,8 @@ def bench(
     warmup: int = typer.Option(10, "--warmup", min=0, help="untimed runs first"),
     input_shape: str | None = typer.Option(None, "--input-shape", help="per-sample shape if not in the file"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow loading a run's pickled model (runs code)"),
+    wide: bool = typer.Option(False, "--wide", help="for a run directory: also p95 latency and ExecuTorch's "
+                                                    "delegation (the default fits 80 columns)"),
 ) -> None:
     """Latency p50/p95, throughput and peak memory of an exported model in its runtime; for a run directory, its
     final model in ONNX Runtime and ExecuTorch side by side (accuracy, size, latency, throughput)."""
@@ -218,14 +231,14 @@ def bench(
     from edgecompress.measure import benchmark
 
     if artifact.is_dir():
-        _bench_runtimes(artifact, threads, batch, repeats, warmup, trust_pickle)
+        _bench_runtimes(artifact, threads, batch, repeats, warmup, trust_pickle, wide)
         return
     try:
         art, shape = artifact_from_file(artifact, None if input_shape is None else _parse_shape(input_shape))
         res = benchmark(art, shape, threads=threads, batch=batch, warmup=warmup, repeats=repeats)
     except EdgeCompressError as err:
         _fail(err)
-    table = Table(title=f"{artifact.name} in {art.runtime} ({threads} threads, batch {batch})")
+    table = Table(title=f"{artifact.name} in {art.runtime} ({plural(threads, 'thread')}, batch {batch})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("size on disk", f"{art.size_bytes / 1024:,.1f} KiB")
@@ -234,7 +247,8 @@ def bench(
     out_console.print(table)
 
 
-def _bench_runtimes(run_dir: Path, threads: int, batch: int, repeats: int, warmup: int, trust_pickle: bool) -> None:
+def _bench_runtimes(run_dir: Path, threads: int, batch: int, repeats: int, warmup: int, trust_pickle: bool,
+                    wide: bool) -> None:
     """``bench RUN_DIR``: one table row per runtime and precision, all measured with the same settings."""
     from edgecompress.runcompare import compare_run
     from edgecompress.settings import ExportSettings
@@ -244,22 +258,38 @@ def _bench_runtimes(run_dir: Path, threads: int, batch: int, repeats: int, warmu
         rows = compare_run(run_dir, settings, trust_pickle=trust_pickle)
     except EdgeCompressError as err:
         _fail(err)
-    table = Table(title=f"final model of {run_dir} ({threads} threads, batch {batch})")
-    for col in ("artifact", "runtime", "precision", "accuracy %", "size KiB", "p50 ms", "p95 ms", "samples/s",
-                "XNNPACK nodes", "portable ops"):
-        table.add_column(col, justify="left" if col in ("artifact", "runtime", "precision", "portable ops") else "right")
+    title = f"final model of {run_dir} ({plural(threads, 'thread')}, batch {batch})"
+    out_console.print(bench_table(rows, title, wide), width=max(out_console.width, WIDE_COLUMNS) if wide else None)
+
+
+def bench_table(rows: list[dict], title: str, wide: bool = False) -> Table:
+    """``bench RUN_DIR``'s rows: the columns that fit 80 terminal columns, or with ``wide`` also p95 latency and
+    ExecuTorch's delegation (XNNPACK nodes, operators left to the portable kernels)."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold",
+                  title=title, title_justify="left")
+    columns = [("artifact", "left"), ("runtime", "left"), ("precision", "left"), ("acc\n%", "right"),
+               ("size\nKiB", "right"), ("p50\nms", "right"), ("samples\n/s", "right")]
+    if wide:
+        columns[6:6] = [("p95\nms", "right")]
+        columns += [("XNNPACK\nnodes", "right"), ("portable ops", "left")]
+    for header, justify in columns:
+        table.add_column(header, justify=justify, no_wrap=justify == "right")
     for r in rows:
-        table.add_row(r["source"], r["runtime"], r["precision"], f"{100 * r['accuracy']:.2f}" if "accuracy" in r else "-",
-                      f"{r['size_bytes'] / 1024:,.1f}", f"{r['latency_p50_ms']:.3f}", f"{r['latency_p95_ms']:.3f}",
-                      f"{r['throughput_sps']:,.0f}", str(r.get("xnnpack_nodes", "-")),
-                      ", ".join(f"{op} x{n}" for op, n in r.get("portable_ops", {}).items()) or "-")
-    out_console.print(table)
+        cells = [r["source"], r["runtime"], r["precision"], f"{100 * r['accuracy']:.2f}" if "accuracy" in r else "-",
+                 f"{r['size_bytes'] / 1024:,.1f}", f"{r['latency_p50_ms']:.3f}", f"{r['throughput_sps']:,.0f}"]
+        if wide:
+            cells[6:6] = [f"{r['latency_p95_ms']:.3f}"]
+            cells += [str(r.get("xnnpack_nodes", "-")),
+                      ", ".join(f"{op} x{n}" for op, n in r.get("portable_ops", {}).items()) or "-"]
+        table.add_row(*(escape(c) for c in cells))
+    return table
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="a run directory made by `edgecompress run`")) -> None:
+def report(run_dir: Path = typer.Argument(..., help="a run directory made by `edgecompress run`"),
+           wide: bool = typer.Option(False, "--wide", help=_WIDE_HELP)) -> None:
     """Rebuild report.html from a run directory and print its tables."""
-    from edgecompress.report import build_report, checks_table, stage_table
+    from edgecompress.report import build_report
     from edgecompress.rundir import METRICS, read_json
 
     try:
@@ -267,9 +297,7 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory made by `ed
         metrics = read_json(run_dir / METRICS)
     except EdgeCompressError as err:
         _fail(err)
-    out_console.print(stage_table(metrics))
-    if metrics.get("checks"):
-        out_console.print(checks_table(metrics))
+    _print_stage_tables(metrics, wide)
     out_console.print(f"report: {path}")
 
 

@@ -1,4 +1,4 @@
-"""Terminal output shared by the CLI and long-running stages: a stderr console and progress bars."""
+"""Terminal output shared by the CLI and long-running stages: a stderr console, progress bars, and counted nouns."""
 
 from __future__ import annotations
 
@@ -32,3 +32,8 @@ def progress(enabled: bool = True) -> Iterator[Progress]:
     )
     with bar:
         yield bar
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 thread', '2 threads'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"

@@ -13,6 +13,7 @@ from jinja2 import Environment, PackageLoader
 from edgecompress import __version__, atomic
 from edgecompress.errors import EdgeCompressError
 from edgecompress.report.plots import dense_note, make_plots
+from edgecompress.ui import plural
 from edgecompress.report.table import (
     COLUMNS,
     DASH,
@@ -21,7 +22,6 @@ from edgecompress.report.table import (
     fmt_value,
     history,
     number,
-    plural,
     stage_metrics,
     fmt_count,
     stage_rows,
@@ -142,7 +142,12 @@ def _deployment(metrics: dict) -> dict[str, str]:
     entries = history(metrics)
     last = stage_metrics(entries[-1]) if entries else {}
     values = {key: export.get(key, last.get(key)) for key in ("format", "runtime", "threads", "batch")}
-    return {**{key: fmt_value(v) for key, v in values.items()}, "threads": plural(values["threads"], "thread")}
+    return {**{key: fmt_value(v) for key, v in values.items()}, "threads": _threads(values["threads"])}
+
+
+def _threads(value: Any) -> str:
+    """'1 thread', '4 threads' (a dash when missing or not a count)."""
+    return plural(value, "thread") if isinstance(value, int) and not isinstance(value, bool) else DASH
 
 
 def render_report(metrics: dict) -> str:
@@ -150,7 +155,7 @@ def render_report(metrics: dict) -> str:
     deploy = _deployment(metrics)
     meta = [("recipe", fmt_value(metrics.get("recipe"))), ("format", deploy["format"]),
             ("runtime", deploy["runtime"]), ("latency measured with", deploy["threads"]), ("batch", deploy["batch"]),
-            ("compression used", plural(metrics.get("threads"), "thread")),
+            ("compression used", _threads(metrics.get("threads"))),
             ("seed", fmt_value(metrics.get("seed"))), ("created", fmt_value(metrics.get("created")).replace("T", " "))]
     setup = [f"{deploy['format']} in {deploy['runtime']}", deploy["threads"], f"batch {deploy['batch']}"]
     checks = check_rows(metrics)

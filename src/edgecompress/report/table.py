@@ -14,7 +14,7 @@ from rich.table import Table
 
 DASH = "—"
 
-# (key, header) of each stage column, in display order. ``terminal`` below picks the ones that fit 120 columns.
+# (key, header) of each stage column, in display order; the HTML report shows them all.
 COLUMNS: list[tuple[str, str]] = [
     ("stage", "Stage"),
     ("precision", "Precision"),
@@ -38,6 +38,8 @@ COLUMNS: list[tuple[str, str]] = [
     ("size_x", "Size ×"),
     ("macs_x", "MACs ×"),
 ]
+# The terminal's columns by default (they fit 80 columns); ``--wide`` shows every column with a terminal header.
+COMPACT = ("stage", "accuracy", "agreement", "params", "nonzero", "macs", "size", "p50", "seconds", "size_x")
 # Terminal headers wrap onto two lines to keep columns narrow; None leaves the column out (it stays in the HTML).
 TERMINAL_HEADERS = {
     "precision": None, "f1": None, "accuracy": "Acc\n%", "agreement": "Agree\n%", "nonzero": "Non-\nzero", "p50": "p50\nms", "p95": "p95\nms",
@@ -97,12 +99,6 @@ def fmt_ratio(baseline: Any, value: Any) -> str:
     """How many times smaller ``value`` is than ``baseline`` ('14.2×'), or a dash."""
     b, v = number(baseline), number(value)
     return DASH if b is None or not v else f"{b / v:.1f}×"
-
-
-def plural(count: Any, noun: str) -> str:
-    """'1 thread', '2 threads' (a non-number count as a dash)."""
-    n = number(count)
-    return DASH if n is None else f"{fmt_value(count)} {noun}{'' if n == 1 else 's'}"
 
 
 def fmt_value(value: Any) -> str:
@@ -174,16 +170,20 @@ def visible(columns: list[tuple[str, str]], rows: list[dict[str, str]]) -> list[
             if not (key in ("accuracy", "agreement", "f1") and rows and all(row[key] == DASH for row in rows))]
 
 
-def stage_table(metrics: dict) -> Table:
-    """A compact rich table (fits 120 columns) with one row per stage of the run."""
+def stage_table(metrics: dict, wide: bool = False) -> Table:
+    """A rich table with one row per stage of the run: the ``COMPACT`` columns (80 terminal columns; Non-zero only
+    when some stage has zeroed weights), or with ``wide`` every column that has a terminal header (~120)."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold",
                   title="Stages", title_justify="left")
-    columns = [(key, TERMINAL_HEADERS.get(key, header)) for key, header in COLUMNS]
     rows = stage_rows(metrics)
-    columns = visible([(key, header) for key, header in columns if header], rows)
+    columns = [(key, TERMINAL_HEADERS.get(key, header)) for key, header in COLUMNS
+               if TERMINAL_HEADERS.get(key, header) and (wide or key in COMPACT)]
+    if not wide and all(row["nonzero"] == row["params"] for row in rows):
+        columns = [(key, header) for key, header in columns if key != "nonzero"]
+    columns = visible(columns, rows)
     for key, header in columns:
         if key == "stage":
-            table.add_column(header, style="cyan", no_wrap=True, max_width=20, overflow="ellipsis")
+            table.add_column(header, style="cyan", max_width=24, overflow="fold")
         else:
             table.add_column(header, justify="right", no_wrap=True)
     for row in rows:
