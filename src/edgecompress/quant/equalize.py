@@ -255,6 +255,22 @@ def onnxruntime_weight_quantizer(per_channel: bool, reduce_range: bool) -> Weigh
     return quantize
 
 
+def onnxruntime_weight_scales(per_channel: bool, reduce_range: bool):
+    """``w -> (scales per row, qmin, qmax)`` of ``quantize_static``'s symmetric int8 weights (rows: output
+    channels, or one row per tensor), for :func:`edgecompress.quant.adaround.adaround`."""
+    from onnx import TensorProto
+    from onnxruntime.quantization.quant_utils import get_qmin_qmax_for_qType, quantize_data
+
+    qmin, qmax = get_qmin_qmax_for_qType(TensorProto.INT8, reduce_range=reduce_range, symmetric=True)
+
+    def scales(w: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        rows = w.detach().reshape(len(w) if per_channel else 1, -1).numpy().astype(np.float32)
+        found = [quantize_data(row, TensorProto.INT8, True, reduce_range=reduce_range)[1] for row in rows]
+        return torch.tensor(np.array(found, dtype=np.float32)), int(qmin), int(qmax)
+
+    return scales
+
+
 def observer_weight_quantizer(spec) -> WeightQuantizer:
     """Weights fake-quantized by the observer that ``prepare_pt2e`` builds from a PT2E ``QuantizationSpec``
     (torchao's own constructor), i.e. the int8 values ``convert_pt2e`` stores."""

@@ -13,7 +13,8 @@ Three backends, chosen by ``backend`` (``auto`` follows ``export.format``):
 
 All record in ``ctx.info`` how many samples calibrated the model and which nodes stayed in float. The
 helpers at the bottom are shared with ``quant.dynamic``. ``equalize`` / ``bias_correction`` run the DFQ pre-pass
-of ``quant.equalize`` (BN folding, cross-layer equalization, bias correction) on a copy before export.
+of ``quant.equalize`` (BN folding, cross-layer equalization, bias correction) on a copy before export;
+``rounding: adaround`` then learns each layer's weight rounding (``quant.adaround``) on that copy.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from edgecompress.calibration import MIN_CALIB_SAMPLES, calibration_samples
 from edgecompress.context import StageContext, StageOutput
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
-from edgecompress.nn.capture import forward_with_hooks
+from edgecompress.nn.capture import forward_order, forward_with_hooks
 from edgecompress.quant.xnnpack import quantize_to_pte
 from edgecompress.registry import StageConfig, register
 
@@ -81,6 +82,18 @@ class PTQConfig(StageConfig):
         False, description="empirical bias correction (DFQ): subtract the mean output error that weight "
                            "quantization causes, measured on the calibration inputs (onnxruntime and torchao backends)",
     )
+    rounding: Literal["nearest", "adaround"] = Field(
+        "nearest", description="weight rounding: to nearest, or adaround: learned layer by layer on the calibration "
+                               "inputs to reproduce each float layer's output (AdaRound; onnxruntime backend)",
+    )
+    adaround_steps: int = Field(300, ge=1, le=100_000, description="adaround: Adam steps per layer")
+
+    @model_validator(mode="after")
+    def _one_weight_correction(self):
+        if self.rounding == "adaround" and self.bias_correction:
+            raise ValueError("rounding: adaround already fits each layer's output, bias included; "
+                             "drop bias_correction (or use rounding: nearest)")
+        return self
 
 
 @register("quant.ptq", PTQConfig, produces_artifact=True)
@@ -92,7 +105,8 @@ def ptq(model: nn.Module, config: PTQConfig, ctx: StageContext) -> StageOutput:
     """
     calib = calibration_samples(ctx, config.calib_samples, "quant.ptq")
     backend = resolve_backend(config.backend, ctx)
-    quantized = _dfq_prepass(model, config, calib, backend, ctx) if config.equalize or config.bias_correction else model
+    prepass = config.equalize or config.bias_correction or config.rounding == "adaround"
+    quantized = _dfq_prepass(model, config, calib, backend, ctx) if prepass else model
     if backend == "onnxruntime":
         artifact, report = _ptq_onnx(quantized, config, ctx, calib)
     elif backend == "executorch":
@@ -106,7 +120,8 @@ def ptq(model: nn.Module, config: PTQConfig, ctx: StageContext) -> StageOutput:
 
 
 def _dfq_prepass(model: nn.Module, config: PTQConfig, calib: torch.Tensor, backend: str, ctx: StageContext) -> nn.Module:
-    """BN folding, CLE and/or bias correction (``quant.equalize``) on a copy of the float model; report in ctx.info."""
+    """BN folding, CLE and/or bias correction (``quant.equalize``), then learned rounding (``quant.adaround``), on a
+    copy of the float model; report in ctx.info."""
     from edgecompress.quant import equalize as dfq
 
     if config.bias_correction and backend not in ("onnxruntime", "torchao"):
@@ -120,12 +135,32 @@ def _dfq_prepass(model: nn.Module, config: PTQConfig, calib: torch.Tensor, backe
         quantize = (dfq.onnxruntime_weight_quantizer(config.per_channel, _reduce_range(config))
                     if backend == "onnxruntime" else dfq.observer_weight_quantizer(_x86_config(config).weight))
     model = copy.deepcopy(model).eval()
-    report = dfq.prepare(model, calib, equalize_pairs=config.equalize, quantize=quantize,
-                         skip=lambda name: any(in_module(name, e) or in_module(name, _onnx_module_path(e))
-                                                for e in config.exclude))
+
+    def skip(name: str) -> bool:
+        return any(in_module(name, e) or in_module(name, _onnx_module_path(e)) for e in config.exclude)
+
+    report = dfq.prepare(model, calib, equalize_pairs=config.equalize, quantize=quantize, skip=skip)
     ctx.info["dfq"] = {"variant": "DFQ (Nagel et al. 2019): CLE without bias absorption; empirical bias "
                                   "correction, two-pass (ours)", **report}
+    if config.rounding == "adaround":
+        ctx.info["adaround"] = _adaround(model, config, calib, backend, skip, ctx.seed)
     return model
+
+
+def _adaround(model: nn.Module, config: PTQConfig, calib: torch.Tensor, backend: str, skip, seed: int) -> dict:
+    """Learned rounding of every Conv/Linear layer that runs once per pass and is not excluded (in place)."""
+    from edgecompress.quant import adaround, equalize
+
+    if backend != "onnxruntime":
+        raise EdgeCompressError(f"rounding: adaround writes weights on the onnxruntime quantizer's grid, not the "
+                                f"{backend} one", where="quant.ptq.rounding",
+                                fix="use backend: onnxruntime (export.format: onnx), or rounding: nearest")
+    order, shared = forward_order(model, calib[:2])
+    layers = [n for n in order if n not in shared and not skip(n)
+              and isinstance(model.get_submodule(n), (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    scales = equalize.onnxruntime_weight_scales(config.per_channel, _reduce_range(config))
+    return adaround.adaround(model, copy.deepcopy(model), calib, layers, scales, steps=config.adaround_steps,
+                             seed=seed)
 
 
 def _reduce_range(config: PTQConfig) -> bool:
