@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -82,6 +82,12 @@ class PTQConfig(StageConfig):
         False, description="empirical bias correction (DFQ): subtract the mean output error that weight "
                            "quantization causes, measured on the calibration inputs (onnxruntime and torchao backends)",
     )
+    float_fallback: int = Field(
+        0, ge=0, le=1000, description="keep up to this many of the costliest layers in float: a layer's cost is how "
+                                      "much the INT8 ONNX model's output error drops with that layer alone in float, "
+                                      "measured in ONNX Runtime (onnxruntime backend); the report lists them and their "
+                                      "size and latency cost",
+    )
     rounding: Literal["nearest", "adaround"] = Field(
         "nearest", description="weight rounding: to nearest, or adaround: learned layer by layer on the calibration "
                                "inputs to reproduce each float layer's output (AdaRound; onnxruntime backend)",
@@ -105,6 +111,10 @@ def ptq(model: nn.Module, config: PTQConfig, ctx: StageContext) -> StageOutput:
     """
     calib = calibration_samples(ctx, config.calib_samples, "quant.ptq")
     backend = resolve_backend(config.backend, ctx)
+    if config.float_fallback and backend != "onnxruntime":
+        raise EdgeCompressError(f"float_fallback measures and edits the INT8 ONNX model, not the {backend} one",
+                                where="quant.ptq.float_fallback",
+                                fix="use backend: onnxruntime (export.format: onnx), or list layers in exclude")
     prepass = config.equalize or config.bias_correction or config.rounding == "adaround"
     quantized = _dfq_prepass(model, config, calib, backend, ctx) if prepass else model
     if backend == "onnxruntime":
@@ -194,20 +204,52 @@ def _ptq_onnx(model: nn.Module, config: PTQConfig, ctx: StageContext, calib: tor
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.MinMax,
                "percentile": CalibrationMethod.Percentile}
     out = prep.parent / "model_int8.onnx"
-    tmp = out.with_suffix(".tmp.onnx")
-    quantize_static(
-        str(prep), str(tmp), _CalibrationReader(input_name, calib),
-        quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
-        activation_type=QuantType.QInt8 if config.symmetric_activations else QuantType.QUInt8,
-        weight_type=QuantType.QInt8, calibrate_method=methods[config.calibration],
-        nodes_to_exclude=onnx_nodes_to_exclude(prepped, config.exclude, "quant.ptq"),
-        reduce_range=reduce_range, extra_options=extra,
-    )
-    tmp.replace(out)
+    excluded = onnx_nodes_to_exclude(prepped, config.exclude, "quant.ptq")
+
+    def quantize(nodes_to_exclude: list[str]) -> None:
+        tmp = out.with_suffix(".tmp.onnx")
+        quantize_static(
+            str(prep), str(tmp), _CalibrationReader(input_name, calib),
+            quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+            activation_type=QuantType.QInt8 if config.symmetric_activations else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=methods[config.calibration],
+            nodes_to_exclude=nodes_to_exclude, reduce_range=reduce_range, extra_options=extra,
+        )
+        tmp.replace(out)
+
+    quantize(excluded)
+    report = {}
+    if config.float_fallback:
+        report["float_fallback"] = _float_fallback(config.float_fallback, out, prep, calib, excluded, quantize,
+                                                   ctx.export.threads)
     prep.unlink()
-    report = _qdq_report(onnx.load(str(out)).graph)
+    report.update(_qdq_report(onnx.load(str(out)).graph))
     report.update(fp32_bytes=fp32.size_bytes, int8_bytes=out.stat().st_size, reduce_range=reduce_range)
     return Artifact(out, "onnx", "onnxruntime", "int8"), report
+
+
+FALLBACK_SAMPLES = 32  # calibration inputs the per-layer sensitivities are measured on
+
+
+def _float_fallback(count: int, out: Path, prep: Path, calib: torch.Tensor, excluded: list[str],
+                    quantize: Callable[[list[str]], None], threads: int) -> dict:
+    """Measure each layer's sensitivity on the INT8 file ``out``, re-quantize with the ``count`` costliest layers
+    (those whose float version lowers the output error most, if it does) in float; report which and the cost."""
+    from edgecompress.quant import fallback
+
+    inputs = calib[:FALLBACK_SAMPLES].numpy()
+    base, errors = fallback.sensitivities(str(out), str(prep), inputs)
+    ranked = sorted((e, name) for name, e in errors.items() if e < base)[:count]
+    before = {"int8_bytes": out.stat().st_size, "latency_ms": fallback.latency_ms(str(out), inputs[:1], threads),
+              "output_error": base}
+    quantize(excluded + [name for _, name in ranked])
+    reference = fallback.outputs(str(prep), inputs)
+    after = {"int8_bytes": out.stat().st_size, "latency_ms": fallback.latency_ms(str(out), inputs[:1], threads),
+             "output_error": fallback.relative_error(fallback.outputs(str(out), inputs), reference)}
+    return {"layers": {name: {"module": _onnx_module_path(name), "output_error_with_it_in_float": e}
+                       for e, name in ranked},
+            "all_int8": before, "with_fallback": after, "samples": len(inputs), "threads": threads,
+            "measure": "relative output MSE vs the FP32 ONNX model, in ONNX Runtime; latency batch 1, median of 30"}
 
 
 ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128  # TensorRT's KL calibration settings

@@ -1,0 +1,78 @@
+"""Per-layer sensitivity of an INT8 QDQ ONNX model, measured in ONNX Runtime, for ``quant.ptq``'s ``float_fallback``.
+
+A layer's sensitivity is how much the INT8 model's output error drops when that layer alone runs in float: its
+weight and bias inputs are rewired from the DequantizeLinear nodes to the float initializers of the pre-processed
+FP32 model, everything else staying quantized (its input activation too: what ``quantize_static`` does to an
+excluded node whose producer stays quantized). The output error is the
+mean squared difference from the FP32 model's outputs relative to their mean square, on a few calibration inputs.
+One session per weighted layer, no re-quantization. The costliest layers are then excluded from quantization.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+
+from edgecompress.runtimes.onnxruntime import session
+
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def outputs(model: onnx.ModelProto | str, inputs: np.ndarray, batch: int = 16) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    run = ort.InferenceSession(model.SerializeToString() if isinstance(model, onnx.ModelProto) else model, options,
+                               providers=["CPUExecutionProvider"])
+    name = run.get_inputs()[0].name
+    return np.concatenate([run.run(None, {name: inputs[i:i + batch]})[0] for i in range(0, len(inputs), batch)])
+
+
+def _with_float_node(qdq: onnx.ModelProto, fp32: onnx.ModelProto, node_name: str) -> onnx.ModelProto:
+    """``qdq`` with the node ``node_name`` reading its float weight and bias from the FP32 model (copied under new
+    names); its activation input stays as it is."""
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq)
+    source = next(n for n in fp32.graph.node if n.name == node_name)
+    initializers = {i.name: i for i in fp32.graph.initializer}
+    node = next(n for n in model.graph.node if n.name == node_name)
+    for i, name in enumerate(source.input):
+        if name in initializers:
+            copy = model.graph.initializer.add()
+            copy.CopyFrom(initializers[name])
+            copy.name = f"{name}_float_fallback"
+            node.input[i] = copy.name
+    return model
+
+
+def relative_error(out: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.mean((out - reference) ** 2) / max(float(np.mean(reference ** 2)), 1e-30))
+
+
+def sensitivities(qdq_path: str, fp32_path: str, inputs: np.ndarray) -> tuple[float, dict[str, float]]:
+    """The INT8 model's output error, and per weighted quantized node the error with that node alone in float."""
+    qdq, fp32 = onnx.load(qdq_path), onnx.load(fp32_path)
+    reference = outputs(fp32, inputs)
+    base = relative_error(outputs(qdq, inputs), reference)
+    float_nodes = {n.name for n in fp32.graph.node}
+    dequantized = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    nodes = [n.name for n in qdq.graph.node if n.op_type in WEIGHTED and n.name in float_nodes
+             and any(i in dequantized for i in n.input)]
+    return base, {name: relative_error(outputs(_with_float_node(qdq, fp32, name), inputs), reference)
+                  for name in nodes}
+
+
+def latency_ms(path: str, example: np.ndarray, threads: int, repeats: int = 30) -> float:
+    """Median in-process latency of one run of ``path`` on ``example`` (after 5 warm-up runs)."""
+    run = session(path, threads)
+    name = run.get_inputs()[0].name
+    times = []
+    for i in range(repeats + 5):
+        start = time.perf_counter()
+        run.run(None, {name: example})
+        if i >= 5:
+            times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
