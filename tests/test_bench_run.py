@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +31,10 @@ def test_bench_run_dir_measures_the_runs_own_artifact(tmp_path, digits_task):
     assert own["accuracy"] == final["accuracy"] and own["size_bytes"] == final["size_bytes"]  # the same file
     assert others and all(row["source"].startswith("re-export") for row in others)
     assert {row["runtime"] for row in others} >= {"onnxruntime", "executorch"}
+    script = Path(sys.executable).with_name("edgecompress")  # the installed command, as a user runs it
+    cli = subprocess.run([str(script), "bench", str(tmp_path / "run"), "--repeats", "2"], capture_output=True, text=True)
+    assert cli.returncode == 0 and "the run's artifact" in cli.stdout, cli.stderr
+    assert not [n for n in ("Failed to load", "cpuinfo_utils", "is an Enum subclass") if n in cli.stderr], cli.stderr
 
 
 ROWS = [

@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from edgecompress import noise
+
 __version__ = "0.1.0"
+noise.install()  # before torchao or torch log their non-actionable messages
 
 _EXPORTS = {  # public name -> the module that defines it
     "apply": "edgecompress.api", "compress": "edgecompress.api",

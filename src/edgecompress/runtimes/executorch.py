@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgecompress.errors import EdgeCompressError
+from edgecompress.noise import native_stderr_filtered
 from edgecompress.runtimes.artifact import Artifact, Runner
 from edgecompress.runtimes.base import Runtime, exit_reason, register
 
@@ -143,11 +144,20 @@ def _load(path: Path):
         raise EdgeCompressError("executorch artifact file not found", where=str(path),
                                 fix="export the model again (export.format: executorch)")
     check_pte_header(path)
+    _start_threadpool()
     try:
         program = ExecuTorch.get().load_program(Path(path))
         return program, program.load_method("forward")
     except Exception as err:  # the pybindings raise RuntimeError / ValueError with ExecuTorch error codes
         raise _bad_pte(path, f"{type(err).__name__}: {err}") from err
+
+
+def _start_threadpool() -> None:
+    """Create ExecuTorch's thread pool now (it is made once per process), with its CPU-probing chatter filtered."""
+    from executorch.extension.pybindings import portable_lib
+
+    with native_stderr_filtered():
+        portable_lib._threadpool_get_thread_count()
 
 
 def runner(artifact: Artifact, threads: int) -> Runner:
