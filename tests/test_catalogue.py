@@ -29,3 +29,11 @@ def test_catalogue_leaves_out_stages_registered_elsewhere(monkeypatch):
     assert "test.catalogue_extra" in {s.name for s in registry.all_stages()}
     assert "test.catalogue_extra" not in catalogue.build()
 
+
+
+def test_defaults_are_shown_as_a_recipe_writes_them():
+    fields = catalogue.load()["finetune"]["fields"]
+    assert fields["distill"]["default"] == "null" and fields["keep_zeros"]["default"] == "true"
+    assert fields["optimizer"]["default"] == '"sgd"'
+    shown = {f["default"] for stage in catalogue.load().values() for f in stage["fields"].values()}
+    assert not shown & {"None", "True", "False"}

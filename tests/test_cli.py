@@ -43,6 +43,7 @@ def test_default_recipe_end_to_end_then_report(tmp_path):
     assert res.exit_code == 0 and (out / "report.html").is_file()
     res = runner.invoke(app, ["bench", str(out / "artifacts" / "model_int8.onnx"), "--repeats", "5"])
     assert res.exit_code == 0 and "latency_p50_ms" in res.output and "size on disk" in res.output
+    assert "None" not in res.output
     res = runner.invoke(app, ["run", str(reduced_default(tmp_path)), "--out", str(out)])
     assert res.exit_code == 2 and "already exists" in res.output  # no silent overwrite
 

@@ -37,3 +37,17 @@ def test_readme_names_both_install_files():
     assert "pip install -r requirements-cpu.txt && pip install -e ." in readme
     assert "**CPU-only machine**: `requirements-cpu.txt`" in readme
     assert "**Machine with an NVIDIA GPU**: `requirements.txt`" in readme
+
+
+def test_license_file_is_the_license_pyproject_names():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    text = (ROOT / "LICENSE").read_text()
+    assert project["license"] == {"text": "Apache-2.0"}
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+
+
+def test_readme_points_only_to_files_in_the_repository():
+    readme = (ROOT / "README.md").read_text()
+    assert "../" not in readme
+    paths = set(re.findall(r"`((?:benchmarks|tests|src)/[\w./-]+\.(?:py|md|json|yaml))`", readme))
+    assert paths and [p for p in paths if not (ROOT / p).exists()] == []

@@ -29,12 +29,19 @@ def build() -> dict[str, dict[str, Any]]:
             "produces_artifact": stage.produces_artifact,
             "task_kinds": list(stage.task_kinds),
             "devices": list(stage.devices),
-            "fields": {name: {"default": repr(field.get_default(call_default_factory=True)),
+            "fields": {name: {"default": _as_yaml(field.get_default(call_default_factory=True)),
                               "description": field.description or ""}
                        for name, field in stage.config.model_fields.items()},
             "schema": stage.config.model_json_schema(),
         }
     return out
+
+
+def _as_yaml(value: Any) -> str:
+    """A default as a recipe would write it (null, true, 0.5, "sgd", [1, 2], {})."""
+    if hasattr(value, "model_dump"):  # a nested config
+        value = value.model_dump(mode="json")
+    return json.dumps(value, default=str)
 
 
 def load() -> dict[str, dict[str, Any]]:

@@ -243,7 +243,10 @@ def bench(
     table.add_column("value", justify="right")
     table.add_row("size on disk", f"{art.size_bytes / 1024:,.1f} KiB")
     for key, value in res.items():
-        table.add_row(key, f"{value:,.3f}" if isinstance(value, float) else str(value))
+        shown = f"{value:,.3f}" if isinstance(value, float) else "—" if value is None else str(value)
+        table.add_row(key, shown)
+    if res.get("rapl_energy_mj") is None:
+        table.caption = "—: RAPL counter not readable"
     out_console.print(table)
 
 
