@@ -33,3 +33,15 @@ def test_units_end_where_the_shapes_match_again(digits_task, digits_cnn):
     groups = units(pruned, digits_cnn, x)
     assert [n for g in groups for n in g] == [n for g in units(digits_cnn, digits_cnn, x) for n in g]
     assert len(groups) < len(units(digits_cnn, digits_cnn, x))  # a pruned layer's output is never compared
+
+
+def test_unlabeled_distillation_with_augmentation_recovers(digits_task, digits_cnn):
+    task = _unlabeled(digits_task)
+    task.bind_reference(digits_cnn)
+    pruned = ec.apply("prune.magnitude", digits_cnn, task, sparsity=0.8, scope="global")
+    recovered = ec.apply("recover.kd", pruned, task, teacher=digits_cnn, calib_samples=256, epochs=3, lr=1e-3)
+    before, after = (task.evaluate(torch_predictor(m))["output_cosine"] for m in (pruned, recovered))
+    assert after > before + 0.02, (before, after)
+    zeros = [(m.weight == 0) for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]
+    kept = [(m.weight == 0) for m in recovered.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(torch.equal(a, b) for a, b in zip(zeros, kept))  # pruned weights stay zero

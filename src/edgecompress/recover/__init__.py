@@ -2,4 +2,4 @@
 (train a smaller zoo student against the incoming model). Importing this package registers them."""
 
 from edgecompress.recover import distill, finetune  # noqa: F401
-from edgecompress.recover import bias, bn, mimic, reconstruct  # noqa: F401  (label-free: recover.bias/.bn/.mimic/.block)
+from edgecompress.recover import bias, bn, kd, mimic, reconstruct  # noqa: F401  (label-free: recover.*)
