@@ -228,8 +228,8 @@ def dense_note(metrics: dict) -> str | None:
     rows = _sparsity_rows(metrics)
     if not rows or max(share for _, share in rows) >= SPARSE_PERCENT:
         return None
-    return (f"No per-layer sparsity panel: every layer of the final model has fewer than {SPARSE_PERCENT:g}% zero "
-            "weights (structured pruning removes channels instead of zeroing weights; see Kept channels).")
+    return (f"No per-layer sparsity panel: no layer of the final model has {SPARSE_PERCENT:g}% or more zero weights. "
+            "Channels removed by structured pruning show under Kept channels.")
 
 
 def layer_sparsity(metrics: dict) -> str | None:
