@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from edgecompress.tasks import Task
 
 # Subpackages whose import registers the built-in stages. A new capability adds its package here.
-BUILTIN_PACKAGES = ("edgecompress.prune", "edgecompress.recover", "edgecompress.quant")
+BUILTIN_PACKAGES = ("edgecompress.prune", "edgecompress.recover", "edgecompress.quant", "edgecompress.llm.stages")
 ALL_TASK_KINDS = ("classification", "unlabeled")  # the kinds the pipeline runs end to end; a stage may narrow it
 CPU_ONLY = ("cpu",)  # the device types (torch.device.type) a stage runs on unless it registers more
 CPU_AND_CUDA = ("cpu", "cuda")  # a stage whose work runs on the model's device (its helpers place their tensors there)

