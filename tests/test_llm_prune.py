@@ -194,3 +194,18 @@ def test_real_smollm2_prunes_shrinks_and_still_generates(tmp_path):
     model.save_pretrained(tmp_path)
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert len(evaluate.generate(again, tok, "The capital of France is", 6)) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", [tiny_llama, tiny_bert], ids=["llama", "bert"])
+def test_pruned_transformers_export_to_onnx_with_parity(build, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from edgecompress.llm.export import export_onnx, parity
+
+    model = build()
+    prune_llm(model, batches(), LLMPruneConfig(sparsity=0.5, criterion="wanda"))
+    if build is tiny_llama:
+        composite(model, batches(), CompositeConfig(mlp=0.25, attention=0.5))
+    path = export_onnx(model, batches(n=4, length=12)[0], tmp_path / "model.onnx")
+    other = {"input_ids": torch.randint(96, (3, 20)), "attention_mask": torch.ones(3, 20, dtype=torch.long)}
+    assert parity(model, path, other) <= 1e-3  # another batch size and length than the export's

@@ -145,9 +145,10 @@ def _sparsegpt(w: torch.Tensor, h: torch.Tensor, sparsity: float, nm: tuple[int,
     return W.to(w.dtype)
 
 
-def prune_weight(w: torch.Tensor, stats: InputStats, criterion: str, sparsity: float,
+def prune_weight(w: torch.Tensor, stats: InputStats | None, criterion: str, sparsity: float,
                  nm: tuple[int, int] | None = None, damp: float = 0.01) -> torch.Tensor:
-    """The pruned weight of a projection by ``criterion`` (one of :data:`CRITERIA`)."""
+    """The pruned weight of a projection by ``criterion`` (one of :data:`CRITERIA`; ``magnitude`` needs no
+    ``stats``)."""
     if criterion == "sparsegpt":
         return sparsegpt(w, stats.matrix(), sparsity, nm, damp)
     if criterion == "wanda":

@@ -132,8 +132,15 @@ def prune_llm(model: nn.Module, batches: list[dict[str, torch.Tensor]], config: 
     start, device = time.perf_counter(), torch.device(device)
     arch = transformer(model)
     _check_shapes(arch, config)
-    calls = capture_calls(arch, batches, device)
     sizes = {(i, r): p.weight.numel() for i in range(len(arch)) for r, p in arch.projections(i).items()}
+    if config.criterion == "magnitude" and config.allocation == "uniform":  # needs no calibration
+        for i, role in sizes:
+            proj = arch.projections(i)[role]
+            proj.weight.data.copy_(criteria.prune_weight(proj.weight.data, None, "magnitude", config.sparsity,
+                                                         config.nm))
+        return _result(arch, sizes, {k: config.nm[0] / config.nm[1] if config.nm else config.sparsity
+                                     for k in sizes}, {}, start)
+    calls = capture_calls(arch, batches, device)
     layer_or, proj_or = ({}, {}) if config.allocation == "uniform" else outlier_ratios(arch, calls, config.outlier_m,
                                                                                          device)
     nm = config.nm
@@ -148,7 +155,11 @@ def prune_llm(model: nn.Module, batches: list[dict[str, torch.Tensor]], config: 
             proj.weight.data.copy_(w)
 
     run_layers(arch, calls, visit, device)
+    return _result(arch, sizes, plan, proj_or, start)
+
+
+def _result(arch: Transformer, sizes: dict, plan: dict, ratios: dict, start: float) -> LLMPruneResult:
     name = {k: arch.name(*k) for k in sizes}
     reached = {name[k]: float((arch.projections(k[0])[k[1]].weight == 0).double().mean()) for k in sizes}
     return LLMPruneResult({name[k]: v for k, v in plan.items()}, reached, {name[k]: v for k, v in sizes.items()},
-                          time.perf_counter() - start, {name[k]: v for k, v in proj_or.items()})
+                          time.perf_counter() - start, {name[k]: v for k, v in ratios.items()})
