@@ -209,3 +209,27 @@ def test_pruned_transformers_export_to_onnx_with_parity(build, tmp_path):
     path = export_onnx(model, batches(n=4, length=12)[0], tmp_path / "model.onnx")
     other = {"input_ids": torch.randint(96, (3, 20)), "attention_mask": torch.ones(3, 20, dtype=torch.long)}
     assert parity(model, path, other) <= 1e-3  # another batch size and length than the export's
+
+
+def test_gptq_on_every_projection_beats_round_to_nearest():
+    from edgecompress.llm.quantize import gptq_llm
+    from edgecompress.quant.weights.quantizer import QuantSpec, group_params, quantize_codes
+
+    spec = QuantSpec(bits=4, group_size=32)
+    batch = batches(length=32)[0]
+    dense = logits(tiny_llama(), batch)
+    rtn = tiny_llama()
+    for i in range(len(transformer(rtn))):
+        for proj in transformer(rtn).projections(i).values():
+            w = proj.weight.data.reshape(proj.out_features, -1, 32)
+            for g in range(w.shape[1]):
+                scale, _ = group_params(w[:, g], spec)
+                w[:, g] = quantize_codes(w[:, g], scale[:, None], None, spec) * scale[:, None]
+    model = tiny_llama()
+    result = gptq_llm(model, batches(length=32), spec)
+    assert result.nbytes < 0.16 * result.float_bytes  # 4 bits and one 2-byte scale per 32 weights
+    for proj in transformer(model).projections(0).values():  # at most 15 levels in every group of 32
+        groups = proj.weight.data.reshape(proj.out_features, -1, 32)
+        assert max(len(torch.unique(g)) for g in groups.reshape(-1, 32)) <= 15
+    error = {name: float((logits(m, batch) - dense).square().mean()) for name, m in (("gptq", model), ("rtn", rtn))}
+    assert error["gptq"] < error["rtn"]

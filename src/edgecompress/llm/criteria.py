@@ -92,7 +92,7 @@ def score_prune(w: torch.Tensor, scores: torch.Tensor, sparsity: float, nm: tupl
 
 
 @contextmanager
-def _one_thread():
+def one_thread():
     """The column loop's operations are too small to share: on a busy CPU, threads waiting for each other made it
     up to 100x slower than one thread (measured on a 2-core machine)."""
     threads = torch.get_num_threads()
@@ -109,7 +109,7 @@ def sparsegpt(w: torch.Tensor, h: torch.Tensor, sparsity: float, nm: tuple[int, 
     pruned and updated weight, in ``w``'s dtype and device."""
     if w.device.type != "cpu":
         return _sparsegpt(w, h, sparsity, nm, damp, block)
-    with _one_thread():
+    with one_thread():
         return _sparsegpt(w, h, sparsity, nm, damp, block)
 
 

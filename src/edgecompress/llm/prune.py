@@ -78,7 +78,7 @@ class LLMPruneResult:
         return sum(self.reached[k] * self.sizes[k] for k in self.reached) / sum(self.sizes.values())
 
 
-def _collect(arch: Transformer, i: int, layer: nn.Module, calls: list[LayerCall], hessian: bool
+def collect_stats(arch: Transformer, i: int, layer: nn.Module, calls: list[LayerCall], hessian: bool
              ) -> dict[str, criteria.InputStats]:
     """One forward pass of the layer over the calibration calls: input statistics per input group."""
     stats: dict[str, criteria.InputStats] = {}
@@ -115,7 +115,7 @@ def outlier_ratios(arch: Transformer, calls: list[LayerCall], m: float, device: 
     layers, projections = {}, {}
 
     def visit(i, layer, calls):
-        stats = _collect(arch, i, layer, calls, hessian=False)
+        stats = collect_stats(arch, i, layer, calls, hessian=False)
         scores = {r: criteria.wanda_scores(p.weight, stats[INPUT_GROUPS[r]]) for r, p in arch.projections(i).items()}
         for role, s in scores.items():
             projections[(i, role)] = criteria.outlier_ratio(s, m)
@@ -148,7 +148,7 @@ def prune_llm(model: nn.Module, batches: list[dict[str, torch.Tensor]], config: 
     plan = allocation.allocate(config.allocation, target, sizes, layer_or, proj_or, config.lam)
 
     def visit(i, layer, calls):
-        stats = _collect(arch, i, layer, calls, hessian=config.criterion == "sparsegpt")
+        stats = collect_stats(arch, i, layer, calls, hessian=config.criterion == "sparsegpt")
         for role, proj in arch.projections(i).items():
             w = criteria.prune_weight(proj.weight.data, stats[INPUT_GROUPS[role]], config.criterion, plan[(i, role)],
                                       nm, config.damp)
