@@ -154,7 +154,8 @@ class Pipeline:
             raise rundir.EdgeCompressError(
                 f"{self.task.kind} tasks (data {self.task.name!r}) can be loaded, trained and evaluated in Python "
                 "(edgecompress.tasks), but the pipeline cannot yet export and measure models with token inputs",
-                where="data", fix=f"run recipes on {' or '.join(registry.ALL_TASK_KINDS)} data")
+                where="data", fix=f"run recipes on {' or '.join(registry.ALL_TASK_KINDS)} data; language-model stages "
+                                  "(prune.llm, prune.composite) run from Python: edgecompress.apply(method, model, task)")
         for i, entry in enumerate(self.recipe.stages):
             registry.get(entry.method).check_task(entry.config, self.task, where=f"stages[{i}] ({entry.name})")
         model = None if self.resume else self._load_baseline()
