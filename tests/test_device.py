@@ -25,7 +25,7 @@ from edgecompress.registry import StageConfig, register
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="about machines without a CUDA GPU")
 CUDA_STAGES = {"finetune", "distill", "prune.lottery", "prune.iterative", "prune.ice", "prune.structured",
-               "recover.bn", "recover.bias"}
+               "recover.bn", "recover.bias", "recover.block", "recover.kd", "prune.llm", "prune.composite"}
 
 
 def small(device: str | None = None, **extra) -> dict:
