@@ -1,6 +1,5 @@
 """Text for calibration and evaluation, and how a language model or encoder is judged: held-out perplexity,
-cosine fidelity to the dense model's sentence embeddings, latency per generated token (with the KV cache), and
-a generated sample.
+cosine fidelity to the dense model's sentence embeddings, and a generated sample.
 
 Text: the Python documentation topics in the standard library, split by topic (see
 :mod:`edgecompress.tasks.text`): calibration windows come from the ``train`` topics, evaluation windows from the
@@ -12,9 +11,7 @@ WikiText) and cut into full windows of ``length`` tokens.
 from __future__ import annotations
 
 import math
-import time
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -88,27 +85,6 @@ def fidelity(dense: torch.Tensor, pruned: torch.Tensor) -> dict[str, float]:
     dense_hit = float(((dq @ dp.T).argmax(1) == torch.arange(n)).float().mean())
     return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "retrieval_top1": hit,
             "dense_retrieval_top1": dense_hit}
-
-
-def latency_per_token(models: dict[str, nn.Module], prompt: torch.Tensor, new_tokens: int = 32, rounds: int = 5
-                      ) -> dict[str, float]:
-    """Median seconds per generated token (greedy, KV cache, batch 1) of each model, measured in interleaved
-    rounds so that machine noise hits all of them alike; prefill is excluded by subtracting a 1-token run."""
-    times: dict[str, list[float]] = {k: [] for k in models}
-
-    def run(model, n):
-        start = time.perf_counter()
-        with torch.no_grad():
-            model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
-                           do_sample=False, pad_token_id=0)
-        return time.perf_counter() - start
-
-    for name, model in models.items():
-        run(model, 2)  # warm-up
-    for _ in range(rounds):
-        for name, model in models.items():
-            times[name].append((run(model, new_tokens + 1) - run(model, 1)) / new_tokens)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def generate(model: nn.Module, tokenizer, prompt: str, new_tokens: int = 24) -> str:
