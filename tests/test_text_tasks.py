@@ -82,11 +82,11 @@ def test_embedding_fidelity_and_retrieval():
         task.loss(model, task.train.tensors)
 
 
-def test_recipes_on_text_are_refused_before_any_work(tmp_path):
+def test_an_image_model_on_text_is_refused_before_any_work(tmp_path):
     recipe = tmp_path / "lm.yaml"
     recipe.write_text("name: lm\nmodel: {zoo: mnist_cnn}\ndata: {dataset: text}\nstages: []\n")
     expect_clean_error(["run", recipe, "--out", tmp_path / "run", "--no-progress"],
-                       ["causal_lm tasks", "cannot yet export"])
+                       ["zoo models take images", "causal_lm text", "hf: smollm2-135m"])
     assert not (tmp_path / "run").exists()
 
 

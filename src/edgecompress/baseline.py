@@ -30,7 +30,12 @@ def cache_dir() -> Path:
 
 
 def build_from_arch(arch: dict) -> nn.Module:
-    """Rebuild a zoo architecture from the descriptor ``zoo.build`` attached to the model."""
+    """Rebuild a zoo architecture from the descriptor ``zoo.build`` attached to the model (or a transformers model
+    from the class and config its checkpoint recorded)."""
+    if "hf" in arch:
+        from edgecompress.llm.models import build_from_arch as build_hf
+
+        return build_hf(arch)
     return zoo.build(arch["zoo"], tuple(arch["input_shape"]), arch["num_classes"], **arch.get("kwargs", {}))
 
 
@@ -53,13 +58,20 @@ def load(recipe: Recipe, task: Task, *, trust_pickle: bool = False, train: bool 
     A model to train is checked against the task first (see ``validate.check_model_and_task``), so a
     mismatch fails before training rather than after it. A damaged cache entry is named and retrained."""
     spec = recipe.model
-    if task.num_classes is None and spec.zoo is not None:
+    if spec.hf is not None and spec.pretrain is not None:
+        raise EdgeCompressError("a Hugging Face model is already trained: `pretrain` does not apply to `hf:`",
+                                where="model.pretrain", fix="remove `pretrain:` from the model section")
+    if spec.zoo is not None and task.kind in ("causal_lm", "embedding"):
+        raise EdgeCompressError(f"zoo models take images, but data {task.name!r} is {task.kind} text (token ids)",
+                                where="model.zoo", fix="name a language model: model: {hf: smollm2-135m}, "
+                                                       "{hf: all-minilm-l6-v2} or {hf: path/to/hf_model_dir}")
+    if getattr(task, "num_classes", None) is None and spec.zoo is not None:
         raise EdgeCompressError(f"data {task.name!r} has no labels, so the zoo model's number of outputs is unknown",
                                 where="data.num_classes", fix="set data.num_classes to the model's output count")
     if not task.has_labels and spec.pretrain is not None and spec.weights is None:
         raise EdgeCompressError(f"cannot pretrain on data {task.name!r}: it has no labels", where="model.pretrain",
                                 fix="give the model's trained weights (model.weights), or use labelled data")
-    model = load_from_spec(spec, task.input_shape, task.num_classes, trust_pickle=trust_pickle)
+    model = load_from_spec(spec, task.input_shape, getattr(task, "num_classes", None), trust_pickle=trust_pickle)
     if not train or spec.pretrain is None or spec.weights is not None:
         return model
     from edgecompress.train import train as run_training

@@ -44,8 +44,11 @@ def save_model(model: nn.Module, directory: Path) -> Path:
     tmp = directory / "model.safetensors.tmp"
     save_file(state, str(tmp))
     atomic.replace(tmp, directory / "model.safetensors")
+    arch = getattr(model, ARCH_ATTR, None)
+    if isinstance(arch, dict) and "hf" in arch:  # a transformers model: its config as it is now (pruning shrinks it)
+        arch = {"hf": arch["hf"], "config": json.loads(model.config.to_json_string(use_diff=False))}
     meta = {
-        "arch": getattr(model, ARCH_ATTR, None),
+        "arch": arch,
         "modules": {name: _scalar_attrs(m) for name, m in model.named_modules()},
         "tuples": {name: [k for k, v in vars(m).items() if isinstance(v, tuple)] for name, m in model.named_modules()},
         "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
@@ -126,6 +129,8 @@ def load_model(directory: Path, build: Callable[[dict | None], nn.Module]) -> nn
             raise EdgeCompressError(f"checkpoint tensor {key!r} has no place in the model", where=str(directory))
     for name, module in modules.items():
         _check_shapes(name, module, weights_path)
+    if callable(getattr(model, "tie_weights", None)):  # transformers: re-share tied weights (e.g. lm_head = embeddings)
+        model.tie_weights()
     if ARCH_ATTR in vars(model) or meta.get("arch") is not None:
         setattr(model, ARCH_ATTR, meta.get("arch"))
     return model.eval()

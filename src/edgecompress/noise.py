@@ -4,6 +4,8 @@ other warning passes.
 - torchao, on import: "Failed to load .../torchao/_C_mxfp8...so" (its CUDA kernels, absent from CPU builds);
 - torch, when torchao registers an Enum as a pytree constant ("... is an Enum subclass and is now natively
   supported ...");
+- torch's dynamo ONNX exporter (used for transformers), on each export: "torchvision is not installed. Skipping
+  torchvision::nms" (and the other torchvision ops it would register);
 - ExecuTorch's thread pool, on creation, writes its CPU probing ("[cpuinfo_utils.cpp:71] Reading file ...") to the
   process's stderr from C++: :func:`native_stderr_filtered` catches that at the file-descriptor level.
 """
@@ -21,6 +23,7 @@ from contextlib import contextmanager
 PATTERNS = {  # logger (None: native stderr) -> messages that are noise
     "torchao": re.compile(r"Failed to load \S*torchao/_C\w*\S*\.so"),
     "torch.utils._pytree": re.compile(r"is an Enum subclass and is now natively supported"),
+    "torch.onnx._internal.exporter._registration": re.compile(r"torchvision is not installed\. Skipping torchvision::"),
     None: re.compile(r"^\[cpuinfo_utils\.cpp:\d+\] "),
 }
 

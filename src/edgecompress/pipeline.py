@@ -23,7 +23,7 @@ from edgecompress.checkpoint import load_model, save_model
 from edgecompress.context import StageContext, StageMeter, StageOutput, StageReport
 from edgecompress.data.datasets import load_task
 from edgecompress.summary import chance_warning, checks, summarize
-from edgecompress.tasks import Task
+from edgecompress.tasks import Task, call
 from edgecompress.tasks.classification import ClassificationTask
 from edgecompress.export import Artifact, export
 from edgecompress.measure import layer_table, measure
@@ -92,8 +92,8 @@ class Pipeline:
         model = load_model(path, self._build)
         try:
             with torch.no_grad():
-                model(self.task.example_inputs(1))
-        except RuntimeError as err:
+                call(model, self.task.example_inputs(1))
+        except (RuntimeError, IndexError) as err:
             raise rundir.EdgeCompressError(
                 f"the saved model does not run on the task's inputs ({str(err).splitlines()[0]})", where=str(path),
                 fix="restore the checkpoint, or start a new run (--force replaces the run directory)") from None
@@ -150,12 +150,19 @@ class Pipeline:
             self.task = load_task(self.recipe.data)  # checks the data as it loads
         else:
             validate.check_task(self.task, f"data ({self.task.name})")
-        if self.task.kind not in registry.ALL_TASK_KINDS:
+        if self.task.kind not in registry.PIPELINE_TASK_KINDS:
             raise rundir.EdgeCompressError(
-                f"{self.task.kind} tasks (data {self.task.name!r}) can be loaded, trained and evaluated in Python "
-                "(edgecompress.tasks), but the pipeline cannot yet export and measure models with token inputs",
-                where="data", fix=f"run recipes on {' or '.join(registry.ALL_TASK_KINDS)} data; language-model stages "
-                                  "(prune.llm, prune.composite) run from Python: edgecompress.apply(method, model, task)")
+                f"the pipeline cannot run {self.task.kind} tasks (data {self.task.name!r})", where="data",
+                fix=f"use data of a kind it runs: {', '.join(registry.PIPELINE_TASK_KINDS)}")
+        if self.task.kind in registry.TOKEN_TASK_KINDS and self.export.format != "onnx":
+            raise rundir.EdgeCompressError(
+                f"models with token inputs ({self.task.kind} data) are exported to ONNX only, not "
+                f"{self.export.format!r}", where="export.format", fix="use export: {format: onnx}")
+        if self.recipe.targets.max_perplexity_increase_pct is not None and self.task.metric != "perplexity":
+            raise rundir.EdgeCompressError(
+                f"max_perplexity_increase_pct judges perplexity, but {self.task.kind} data is judged by "
+                f"{self.task.metric}", where="targets.max_perplexity_increase_pct",
+                fix="remove it, or use max_accuracy_drop (the drop of the headline metric in points)")
         for i, entry in enumerate(self.recipe.stages):
             registry.get(entry.method).check_task(entry.config, self.task, where=f"stages[{i}] ({entry.name})")
         model = None if self.resume else self._load_baseline()
@@ -220,7 +227,8 @@ class Pipeline:
 
     def _metrics_doc(self, history: list[dict], extra: dict) -> dict:
         r = self.recipe
-        model_name = (r.model.zoo or r.model.callable or "file") if r.model else type(self.user_model).__name__
+        model_name = (r.model.zoo or r.model.callable or r.model.hf or "file") if r.model else \
+            type(self.user_model).__name__
         return {"recipe": r.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": r.seed,
                 "model": model_name, "dataset": self.task.name, "threads": self.threads,
                 "task": {"kind": self.task.kind, "metric": self.task.metric},
@@ -306,7 +314,7 @@ class Pipeline:
         artifact = Artifact(dest / artifact.path.name, artifact.format, artifact.runtime, artifact.precision,
                             [dest / p.name for p in artifact.extra_files])
         save_model(model, dest)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.task.kind not in registry.TOKEN_TASK_KINDS:
             final["metrics"].update(self._gpu_metrics(model))
         summary = summarize(history, self.task.metric, self.task.higher_is_better)
         summary["run_seconds"] = round(time.perf_counter() - started, 2)

@@ -18,7 +18,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from edgecompress import packaged, registry
-from edgecompress.data.options import DATA_OPTIONS, DataSpec, Mnist5kData
+from edgecompress.data.options import DATA_OPTIONS, DataSpec, Mnist5kData, TextData
 from edgecompress.errors import EdgeCompressError
 from edgecompress.registry import StageConfig
 from edgecompress.safeyaml import Path_, load_yaml, read_text, shown
@@ -76,7 +76,11 @@ class Targets(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_accuracy_drop: float | None = Field(1.0, ge=0, description=(
         "max drop of the task's headline metric in percentage points (accuracy; on unlabeled data, top-1 "
-        "agreement with the original model)"))
+        "agreement with the original model; embedding data: cosine to the original model's vectors x 100); not "
+        "judged where lower is better (perplexity: use max_perplexity_increase_pct)"))
+    max_perplexity_increase_pct: float | None = Field(None, ge=0, description=(
+        "causal-LM data: max rise of the final artifact's perplexity over the baseline's, in percent "
+        "(100 * (final / baseline - 1))"))
     min_size_reduction: float | None = Field(None, gt=0, description="min (baseline bytes / final bytes)")
     min_macs_reduction: float | None = Field(None, gt=0, description="min (baseline MACs / final MACs)")
     max_latency_ms: float | None = Field(None, gt=0, description="max p50 latency of the final artifact")
@@ -119,6 +123,15 @@ class Recipe(BaseModel):
                 raise ValueError("; ".join(f"{_format_path(path)}: {msg}" for path, msg in errors))
             data = {**data, "stages": stages}
         return data
+
+    @model_validator(mode="after")
+    def _tokenizer_follows_model(self) -> Recipe:
+        """Text data without a ``tokenizer`` uses the tokenizer of the recipe's Hugging Face model (``model.hf``)."""
+        if self.model is not None and self.model.hf is not None and isinstance(self.data, TextData) \
+                and "tokenizer" not in self.data.model_fields_set:
+            self.data = self.data.model_copy(update={"tokenizer": self.model.hf})
+            self.data.model_fields_set.add("tokenizer")
+        return self
 
     def to_yaml(self) -> str:
         """The resolved recipe; loading it gives back the same recipe and the same fingerprint."""

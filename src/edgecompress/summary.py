@@ -70,6 +70,7 @@ _CHECKS = {  # target -> (summary or final-metric key, passes(got, wanted))
     "min_size_reduction": ("size_reduction", lambda got, wanted: got >= wanted),
     "min_macs_reduction": ("macs_reduction", lambda got, wanted: got >= wanted),
     "max_latency_ms": ("latency_p50_ms", lambda got, wanted: got <= wanted),
+    "max_perplexity_increase_pct": ("metric_change_pct", lambda got, wanted: got <= wanted),
 }
 
 
@@ -77,12 +78,13 @@ def checks(history: list[dict[str, Any]], targets: Targets, metric: str = "accur
            higher_is_better: bool = True, samples: int | None = None) -> list[dict[str, Any]]:
     """Each target that is set, with what the run got and whether it passed. With ``samples`` (the size of the test
     split), an accuracy gain beyond noise is not a pass: ``passed`` is None and ``note`` says the baseline was not
-    trained."""
+    trained. ``max_accuracy_drop`` is left out where lower is better (perplexity: ``max_perplexity_increase_pct``
+    judges it; the pipeline refuses that target on other metrics)."""
     summary = summarize(history, metric, higher_is_better)
     values = {**history[-1]["metrics"], **summary}
     out = []
     for target, wanted in targets.model_dump().items():
-        if wanted is None:
+        if wanted is None or (target == "max_accuracy_drop" and not higher_is_better):
             continue
         key, passes = _CHECKS[target]
         got = values.get(key)

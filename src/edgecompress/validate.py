@@ -43,8 +43,18 @@ def check_model_and_task(model: nn.Module, task: Task) -> None:
 
 
 def _check_runs(model: nn.Module, task: Task) -> None:
-    """The model accepts the task's example inputs (token ids and mask, say)."""
+    """The model accepts the task's example inputs (token ids and mask, say); a tokenizer whose ids reach past the
+    model's embedding table is named (random text would otherwise fail, or silently index the wrong rows)."""
     from edgecompress.tasks.base import call
+
+    vocab, embeddings = getattr(task, "vocab_size", None), getattr(model, "get_input_embeddings", None)
+    table = embeddings() if callable(embeddings) else None
+    rows = getattr(table, "num_embeddings", None)
+    if vocab and rows and vocab > rows:
+        raise EdgeCompressError(f"the data's tokenizer has {vocab:,} token ids, but the model's embedding table holds "
+                                f"{rows:,}", where="data.tokenizer",
+                                fix="tokenize with the model's own tokenizer (data.tokenizer: the model's name or "
+                                    "directory; with model.hf it is the default)")
 
     inputs = task.example_inputs(2)
     try:

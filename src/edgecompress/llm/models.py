@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgecompress.checkpoint import ARCH_ATTR
 from edgecompress.errors import EdgeCompressError
 
 SMOLLM2_NOTE = "SmolLM2-135M's weights ship at 4 bits (GGUF Q4_1): its dense perplexity is that of the rounded model"
@@ -58,7 +59,22 @@ def load_hf(path: str | Path, causal: bool | None = None) -> tuple[nn.Module, ob
         causal = any(a.endswith("ForCausalLM") for a in (config.architectures or ()))
     auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
     model = auto.from_pretrained(path, dtype=torch.float32).eval()
+    setattr(model, ARCH_ATTR, {"hf": type(model).__name__})  # checkpoints add the (possibly shrunk) config
     return model, transformers.AutoTokenizer.from_pretrained(path)
+
+
+def build_from_arch(arch: dict) -> nn.Module:
+    """A fresh model of the class and config a checkpoint recorded (``{"hf": class name, "config": dict}``, see
+    :func:`edgecompress.checkpoint.save_model`): the shapes of the saved, possibly shrunk, model."""
+    transformers = _need("transformers")
+    cls = getattr(transformers, arch["hf"], None)
+    if cls is None or "config" not in arch:
+        raise EdgeCompressError(f"the checkpoint names the model class {arch['hf']!r}, which transformers "
+                                f"{transformers.__version__} lacks, or has no config", where="model.json",
+                                fix="resume with the transformers version that started the run, or start a new run")
+    model = cls(cls.config_class.from_dict(arch["config"])).eval()
+    setattr(model, ARCH_ATTR, {"hf": arch["hf"]})
+    return model
 
 
 def smollm2() -> tuple[nn.Module, object]:
@@ -115,5 +131,5 @@ def load(name_or_path: str) -> tuple[nn.Module, object]:
         return PRETRAINED[name_or_path]()
     if Path(name_or_path).is_dir():
         return load_hf(name_or_path)
-    raise EdgeCompressError(f"no packaged language model {name_or_path!r} and no such directory", where="model",
+    raise EdgeCompressError(f"no packaged language model {name_or_path!r} and no such directory", where="model.hf",
                             fix=f"use one of {', '.join(PRETRAINED)} or a Hugging Face model directory")

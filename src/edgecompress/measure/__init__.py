@@ -39,7 +39,7 @@ def measure(model: nn.Module, artifact: Artifact, task: Task, settings: ExportSe
     measured_mj = None
     if not skip_latency:
         bench = benchmark(artifact, task.input_shape, threads=settings.threads, batch=settings.batch,
-                          warmup=settings.warmup, repeats=settings.repeats)
+                          warmup=settings.warmup, repeats=settings.repeats, vocab_size=getattr(task, "vocab_size", None))
         measured_mj = bench.pop("rapl_energy_mj")
         del bench["load_s"]
         result.update(bench)

@@ -2,7 +2,8 @@
 
 Started by :func:`edgecompress.measure.latency.benchmark` as a script, ``python -P _bench_worker.py '<json>'``,
 with the keys entry (the runtime's ``bench`` function, ``module:function``), path, input_shape, threads, batch,
-warmup, repeats. It is run by path, not with ``-m``, because importing the ``edgecompress`` package imports torch
+warmup, repeats, and optionally vocab_size: then the input is token ids ``[batch, *input_shape]`` drawn below
+vocab_size with an all-ones attention mask (a dict ``input_ids``/``attention_mask`` of int64), not float noise. It is run by path, not with ``-m``, because importing the ``edgecompress`` package imports torch
 and the whole toolkit: this file imports only the standard library, numpy and the runtime's module with what it
 needs (no torch for ONNX), so it starts fast.
 
@@ -75,7 +76,12 @@ def run(cfg: dict) -> dict:
     """Load the artifact, run warmup + repeats on a fixed random batch, return timing and memory."""
     load = load_entry(cfg["entry"])(cfg["path"], cfg["threads"])
     batch = cfg["batch"]
-    x = np.random.default_rng(0).standard_normal((batch, *cfg["input_shape"]), dtype=np.float32)
+    rng, shape = np.random.default_rng(0), (batch, *cfg["input_shape"])
+    if cfg.get("vocab_size"):
+        ids = rng.integers(0, cfg["vocab_size"], shape, dtype=np.int64)
+        x = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    else:
+        x = rng.standard_normal(shape, dtype=np.float32)
     baseline_kib = _status_kib("VmRSS")
     _reset_peak_rss()
     t0 = time.perf_counter()

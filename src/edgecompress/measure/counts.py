@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from edgecompress.tasks.base import Inputs, call
+
 LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
 
@@ -24,25 +26,28 @@ def count_nonzero(model: nn.Module) -> int:
     return sum(int(torch.count_nonzero(p)) for p in model.parameters())
 
 
-def _flop_counts(model: nn.Module, example_inputs: torch.Tensor) -> FlopCounterMode:
-    """Run one sample through ``model`` in eval mode (its mode is restored) under a FlopCounterMode."""
+def _flop_counts(model: nn.Module, example_inputs: Inputs) -> FlopCounterMode:
+    """Run one sample through ``model`` in eval mode (its mode is restored) under a FlopCounterMode (a dict of
+    inputs, e.g. token ids and mask, is cut to one sample each and passed as keyword arguments)."""
     counter = FlopCounterMode(display=False)
     was_training = model.training
     model.eval()
+    one = {k: v[:1] for k, v in example_inputs.items()} if isinstance(example_inputs, dict) else example_inputs[:1]
     try:
         with counter, torch.no_grad():
-            model(example_inputs[:1])
+            call(model, one)
     finally:
         model.train(was_training)
     return counter
 
 
-def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
-    """Multiply-accumulates of one sample (the first of ``example_inputs``)."""
+def count_macs(model: nn.Module, example_inputs: Inputs) -> int:
+    """Multiply-accumulates of one sample (the first of ``example_inputs``; of a token model: one sequence of the
+    task's length, attention's matrix products included)."""
     return _flop_counts(model, example_inputs).get_total_flops() // 2
 
 
-def layer_table(model: nn.Module, example_inputs: torch.Tensor) -> list[dict]:
+def layer_table(model: nn.Module, example_inputs: Inputs) -> list[dict]:
     """One row per Conv, Linear and BatchNorm module: name, type, in_channels/out_channels (Conv, BatchNorm) or
     in_features/out_features (Linear), kernel and groups (None but for Conv), params, nonzero and macs (one
     sample; 0 for BatchNorm, which FlopCounterMode does not count and export folds into the conv before it)."""

@@ -27,8 +27,10 @@ WORKER = Path(__file__).with_name("_bench_worker.py")
 
 
 def benchmark(artifact: Artifact, input_shape: Sequence[int], *, threads: int = 1, batch: int = 1,
-              warmup: int = 10, repeats: int = 50) -> dict[str, float | None]:
-    """Time ``artifact`` on a fixed random float32 batch of shape ``[batch, *input_shape]``.
+              warmup: int = 10, repeats: int = 50, vocab_size: int | None = None) -> dict[str, float | None]:
+    """Time ``artifact`` on a fixed random float32 batch of shape ``[batch, *input_shape]`` (with ``vocab_size``:
+    random token ids of that shape below ``vocab_size`` and an all-ones attention mask, i.e. one forward pass over
+    ``input_shape[0]`` tokens per sequence).
 
     Returns latency_p50_ms, latency_p95_ms, latency_mean_ms (per batch), throughput_sps (samples/s =
     batch / mean latency), peak_memory_mb (model load + inference in MiB, the runtime's import excluded),
@@ -38,7 +40,7 @@ def benchmark(artifact: Artifact, input_shape: Sequence[int], *, threads: int = 
         if not Path(f).is_file():
             raise EdgeCompressError("artifact file not found", where=str(f), fix="export the model again")
     cfg = {"entry": get(artifact.runtime).bench_entry, "path": str(artifact.path), "input_shape": list(input_shape),
-           "threads": threads, "batch": batch, "warmup": warmup, "repeats": repeats}
+           "threads": threads, "batch": batch, "warmup": warmup, "repeats": repeats, "vocab_size": vocab_size}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-P", str(WORKER), json.dumps(cfg)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)

@@ -1,7 +1,9 @@
 """ONNX Runtime on the CPU, running ``.onnx`` files.
 
 Export: the TorchScript exporter (dynamo=False): one self-contained file with a dynamic batch axis, outputs
-matching PyTorch to ~1e-6 in ONNX Runtime. A file given on the command line is checked with ``onnx.checker``
+matching PyTorch to ~1e-6 in ONNX Runtime. A model with token inputs (a dict ``input_ids``/``attention_mask``: a
+transformer) goes through :func:`edgecompress.llm.export.export_onnx` instead (the dynamo exporter, batch and
+length dynamic, at least opset 18), and its runner and benchmark feed dicts of int64 arrays. A file given on the command line is checked with ``onnx.checker``
 first. Sessions: ``threads`` intra-op threads, one inter-op thread, sequential execution.
 """
 
@@ -50,7 +52,15 @@ def export_onnx(model: torch.nn.Module, example_inputs: torch.Tensor, path: Path
 
 def export(model: torch.nn.Module, example_inputs: torch.Tensor, out_dir: Path, settings: ExportSettings,
            name: str) -> Artifact:
-    """FP32 ONNX file ``name.onnx`` (opset from the settings, dynamic batch axis)."""
+    """FP32 ONNX file ``name.onnx`` (opset from the settings, dynamic batch axis; token inputs: see the module
+    docstring)."""
+    if isinstance(example_inputs, dict):
+        from edgecompress.llm.export import export_onnx as export_tokens
+
+        path = out_dir / f"{name}.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_tokens(model.eval(), example_inputs, path, opset=max(settings.opset, 18))
+        return Artifact(path, "onnx", "onnxruntime", "fp32", details={"inputs": list(example_inputs)})
     return export_onnx(model, example_inputs, out_dir / f"{name}.onnx", settings.opset)
 
 
@@ -103,7 +113,9 @@ def runner(artifact: Artifact, threads: int) -> Runner:
         ) from err
     input_name = sess.get_inputs()[0].name
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        if isinstance(x, dict):  # token inputs: ids and mask by name, as int64
+            return sess.run(None, {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in x.items()})[0]
         return sess.run(None, {input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     return run
@@ -116,7 +128,7 @@ def bench(path: str, threads: int) -> Callable[[], Runner]:
     def load() -> Runner:
         sess = session(path, threads)
         name = sess.get_inputs()[0].name
-        return lambda x: sess.run(None, {name: x})[0]
+        return lambda x: sess.run(None, x if isinstance(x, dict) else {name: x})[0]
 
     return load
 

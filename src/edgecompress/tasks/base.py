@@ -11,7 +11,8 @@ A task owns its data splits (``train``/``val``/``test``) and answers, for the re
 ``metric`` names the headline metric in ``evaluate``'s result: the one that targets such as
 ``max_accuracy_drop`` and the summary's drop are computed on (``higher_is_better`` says which way is good).
 Model inputs are a tensor, a tuple or a dict of tensors (``Inputs``); ``call(model, inputs)`` runs a model on
-them and returns its output tensor (the ``logits`` of a Hugging Face output, the first of a tuple).
+them and returns its output tensor (the ``logits`` of a Hugging Face output, else its ``last_hidden_state``; the
+first of a tuple).
 A new task kind is one subclass in this package.
 """
 
@@ -36,6 +37,8 @@ def call(model: nn.Module, inputs: Inputs) -> torch.Tensor:
     """``model`` on ``inputs`` (a tensor, a tuple: positional, a dict: keyword arguments); its output tensor."""
     out = model(**inputs) if isinstance(inputs, dict) else model(*inputs) if isinstance(inputs, tuple) else model(inputs)
     out = getattr(out, "logits", None) if not torch.is_tensor(out) and hasattr(out, "logits") else out
+    if not torch.is_tensor(out) and hasattr(out, "last_hidden_state"):  # a Hugging Face encoder's output
+        out = out.last_hidden_state
     return out[0] if isinstance(out, (tuple, list)) else out
 
 

@@ -1,7 +1,8 @@
 """Load the model to compress from a :class:`ModelSpec` (the ``model:`` section of a recipe).
 
 Sources, exactly one per spec: a zoo name, a ``package.module:function``, a ``torch.export`` archive (.pt2),
-or a pickled model. Zoo and callable architectures can take a state_dict (``weights``). Everything loads
+a pickled model, or a Hugging Face transformer (``hf``: a model directory, or a packaged language model such as
+``smollm2-135m``; see :mod:`edgecompress.llm.models`). Zoo and callable architectures can take a state_dict (``weights``). Everything loads
 without running code from the file except ``pickle``, which needs ``trust_pickle=True`` (``--trust-pickle``).
 """
 
@@ -24,12 +25,12 @@ from torch import nn
 from edgecompress.errors import EdgeCompressError
 from edgecompress.zoo.registry import MODELS, build, unknown_name_error
 
-_SOURCES = ("zoo", "callable", "archive", "pickle")
+_SOURCES = ("zoo", "callable", "archive", "pickle", "hf")
 _MAX_LISTED = 5  # keys/names shown per problem in error messages
 
 
 class ModelSpec(BaseModel):
-    """Where the model comes from: exactly one of zoo, callable, archive, pickle (+ weights for zoo/callable)."""
+    """Where the model comes from: exactly one of zoo, callable, archive, pickle, hf (+ weights for zoo/callable)."""
 
     model_config = ConfigDict(extra="forbid")
     zoo: str | None = Field(None, description="a zoo architecture name (see edgecompress.zoo.names())")
@@ -43,6 +44,9 @@ class ModelSpec(BaseModel):
     archive: Path | None = Field(None, description="a torch.export archive (.pt2) holding the whole model")
     pickle: Path | None = Field(None, description=(
         "a whole pickled model (torch.save(model)); unpickling runs code from the file, so it needs --trust-pickle"))
+    hf: str | None = Field(None, description=(
+        "a Hugging Face transformer: a model directory (config.json, weights and tokenizer, as save_pretrained "
+        "writes them; never written to) or a packaged language model: smollm2-135m, all-minilm-l6-v2"))
 
     @model_validator(mode="after")
     def _check_sources(self) -> ModelSpec:
@@ -55,6 +59,8 @@ class ModelSpec(BaseModel):
         if self.zoo is not None and self.zoo not in MODELS:
             err = unknown_name_error(self.zoo)
             raise ValueError(f"{err.what}; {err.fix}")
+        if self.hf is not None and not self.hf.strip():
+            raise ValueError("hf is empty: give a Hugging Face model directory or smollm2-135m / all-minilm-l6-v2")
         if self.callable is not None and not re.fullmatch(r"[\w.]+:[\w.]+", self.callable):
             raise ValueError(f"callable must look like 'package.module:function', got {self.callable!r}")
         return self
@@ -160,7 +166,14 @@ def _from_pickle(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int
     return model
 
 
-_LOADERS = {"zoo": _from_zoo, "callable": _from_callable, "archive": _from_archive, "pickle": _from_pickle}
+def _from_hf(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, trust_pickle: bool) -> nn.Module:
+    from edgecompress.llm.models import load
+
+    return load(spec.hf)[0]  # read only: the directory is checked (config.json, tokenizer) and never written to
+
+
+_LOADERS = {"zoo": _from_zoo, "callable": _from_callable, "archive": _from_archive, "pickle": _from_pickle,
+            "hf": _from_hf}
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
