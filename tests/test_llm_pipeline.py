@@ -219,3 +219,22 @@ def test_embedding_recipe_runs_end_to_end(tmp_path):
     assert result.summary["accuracy_drop_points"] == pytest.approx(
         100 * (base["embedding_cosine"] - final["embedding_cosine"]), abs=1e-3)
     assert result.checks[0]["target"] == "max_accuracy_drop"
+
+
+def test_report_shows_perplexity_and_its_change():
+    from edgecompress.report.html import _cards
+    from edgecompress.report.plots import headline
+    from edgecompress.report.table import COLUMNS, stage_rows, visible
+
+    metrics = {"task": {"kind": "causal_lm", "metric": "perplexity"},
+               "history": [{"name": "baseline", "metrics": {"perplexity": 20.0}},
+                           {"name": "prune.llm", "metrics": {"perplexity": 25.0}}],
+               "summary": {"metric": "perplexity", "metric_change_pct": 25.0, "accuracy_drop_points": None},
+               "checks": [{"target": "max_perplexity_increase_pct", "wanted": 30.0, "got": 25.0, "passed": True}]}
+    rows = stage_rows(metrics)
+    assert [r["perplexity"] for r in rows] == ["20.00", "25.00"]
+    shown = [key for key, _ in visible(COLUMNS, rows)]
+    assert "perplexity" in shown and "accuracy" not in shown and "cosine" not in shown
+    card = next(c for c in _cards(metrics) if c["label"] == "Perplexity change")
+    assert card["value"] == "+25.0" and card["unit"] == "%" and len(card["checks"]) == 1
+    assert headline(metrics) == ("perplexity", "perplexity")

@@ -90,6 +90,12 @@ def _cards(metrics: dict) -> list[dict[str, Any]]:
         related = [c for c in checks if keyword in c["key"].lower()]
         if key == "accuracy_drop_points" and summary.get("metric") == "agreement_top1":
             label = "Agreement drop"  # unlabeled data: top-1 agreement with the original model
+        if key == "accuracy_drop_points" and summary.get("metric") == "embedding_cosine":
+            label = "Cosine drop"  # embedding data: cosine to the original model's vectors, in points
+        if key == "accuracy_drop_points" and summary.get("metric") == "perplexity":  # lower is better: its rise in %
+            value, label, unit = number(summary.get("metric_change_pct")), "Perplexity change", "%"
+            text = DASH if value is None else f"{value:+.1f}"
+            related = [c for c in checks if "perplexity" in c["key"].lower()]
         cards.append({"label": label, "value": text, "unit": unit if value is not None else "", "checks": related})
     seconds = [number(stage_metrics(e).get("stage_seconds")) for e in history(metrics)] or [None]
     baseline = [] if seconds[0] is None else [f"baseline, not included: {_duration(seconds[0])}"]

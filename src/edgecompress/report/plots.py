@@ -67,11 +67,16 @@ def _label_offsets(ax: Axes, xy: list[tuple[float, float]], distance: float = 9.
     return offsets
 
 
+HEADLINES = {"agreement_top1": "agreement", "perplexity": "perplexity", "embedding_cosine": "cosine"}
+NOT_PERCENT = ("perplexity",)  # headline metrics that are not fractions (plotted as they are, not x 100)
+
+
 def headline(metrics: dict) -> tuple[str, str]:
-    """(key, name) of the run's headline fraction metric: accuracy, or agreement with the original model on
-    unlabeled data."""
+    """(key, name) of the run's headline metric: accuracy, agreement with the original model on unlabeled data,
+    perplexity (causal LM) or cosine to the original model's embeddings."""
     task = metrics.get("task") if isinstance(metrics.get("task"), dict) else {}
-    return ("agreement_top1", "agreement") if task.get("metric") == "agreement_top1" else ("accuracy", "accuracy")
+    key = task.get("metric")
+    return (key, HEADLINES[key]) if key in HEADLINES else ("accuracy", "accuracy")
 
 
 def _trajectory(points: list[tuple[str, float, float]], xlabel: str, title: str, log_x: bool,
@@ -96,7 +101,7 @@ def _trajectory(points: list[tuple[str, float, float]], xlabel: str, title: str,
             ax.annotate(label, (x, y), xytext=(ox, oy), textcoords="offset points", fontsize=8,
                         color="#334155", ha="right" if ox < -3 else "left" if ox > 3 else "center",
                         va="top" if oy < -3 else "bottom" if oy > 3 else "center")
-        ax.set(xlabel=xlabel, ylabel=f"{ylabel} (%)", title=title)
+        ax.set(xlabel=xlabel, ylabel=ylabel if ylabel in NOT_PERCENT else f"{ylabel} (%)", title=title)
 
     return _draw(5.6, 3.8, draw)
 
@@ -107,7 +112,7 @@ def _points(metrics: dict, x_key: str) -> list[tuple[str, float, float]]:
     for i, entry in enumerate(history(metrics)):
         x, accuracy = number(stage_metrics(entry).get(x_key)), number(stage_metrics(entry).get(key))
         if x is not None and accuracy is not None:
-            points.append((f"{i} {entry.get('name', '?')}", x, 100 * accuracy))
+            points.append((f"{i} {entry.get('name', '?')}", x, accuracy if key in NOT_PERCENT else 100 * accuracy))
     return points
 
 

@@ -20,6 +20,8 @@ COLUMNS: list[tuple[str, str]] = [
     ("precision", "Precision"),
     ("accuracy", "Acc %"),
     ("agreement", "Agree %"),  # unlabeled data: top-1 agreement with the original model
+    ("perplexity", "Perplexity"),  # causal-LM data (lower is better)
+    ("cosine", "Cosine %"),  # embedding data: cosine to the original model's vectors
     ("f1", "F1 %"),
     ("params", "Params"),
     ("nonzero", "Non-zero"),
@@ -39,10 +41,10 @@ COLUMNS: list[tuple[str, str]] = [
     ("macs_x", "MACs ×"),
 ]
 # The terminal's columns by default (they fit 80 columns); ``--wide`` shows every column with a terminal header.
-COMPACT = ("stage", "accuracy", "agreement", "params", "nonzero", "macs", "size", "p50", "seconds", "size_x")
+COMPACT = ("stage", "accuracy", "agreement", "perplexity", "cosine", "params", "nonzero", "macs", "size", "p50", "seconds", "size_x")
 # Terminal headers wrap onto two lines to keep columns narrow; None leaves the column out (it stays in the HTML).
 TERMINAL_HEADERS = {
-    "precision": None, "f1": None, "accuracy": "Acc\n%", "agreement": "Agree\n%", "nonzero": "Non-\nzero", "p50": "p50\nms", "p95": "p95\nms",
+    "precision": None, "f1": None, "accuracy": "Acc\n%", "agreement": "Agree\n%", "perplexity": "PPL", "cosine": "Cos\n%", "nonzero": "Non-\nzero", "p50": "p50\nms", "p95": "p95\nms",
     "throughput": "Samp.\n/s", "memory": "Mem\nMiB", "energy": "Energy\nmJ", "seconds": "Time\ns",
     "cpu": None, "gflops": None, "labels": None, "samples": None,
     "size_x": "Size\n×", "macs_x": "MACs\n×",
@@ -142,6 +144,8 @@ def stage_rows(metrics: dict) -> list[dict[str, str]]:
             "precision": fmt_value(m.get("precision")),
             "accuracy": fmt_percent(m.get("accuracy")),
             "agreement": fmt_percent(m.get("agreement_top1")),
+            "perplexity": fmt_sig(m.get("perplexity"), 4),
+            "cosine": fmt_percent(m.get("embedding_cosine")),
             "f1": fmt_percent(m.get("f1_macro")),
             "params": fmt_count(m.get("params")),
             "nonzero": fmt_count(m.get("nonzero_params")),
@@ -167,7 +171,7 @@ def stage_rows(metrics: dict) -> list[dict[str, str]]:
 def visible(columns: list[tuple[str, str]], rows: list[dict[str, str]]) -> list[tuple[str, str]]:
     """``columns`` less the task metrics a run does not have (a run has accuracy and F1, or agreement)."""
     return [(key, header) for key, header in columns
-            if not (key in ("accuracy", "agreement", "f1") and rows and all(row[key] == DASH for row in rows))]
+            if not (key in ("accuracy", "agreement", "perplexity", "cosine", "f1") and rows and all(row[key] == DASH for row in rows))]
 
 
 def stage_table(metrics: dict, wide: bool = False) -> Table:
