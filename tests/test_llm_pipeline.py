@@ -238,3 +238,36 @@ def test_report_shows_perplexity_and_its_change():
     card = next(c for c in _cards(metrics) if c["label"] == "Perplexity change")
     assert card["value"] == "+25.0" and card["unit"] == "%" and len(card["checks"]) == 1
     assert headline(metrics) == ("perplexity", "perplexity")
+
+
+# ---- inspect ------------------------------------------------------------------------------------------------
+
+
+def test_inspect_lists_a_transformers_projections_and_what_composite_removes(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgecompress.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["inspect", str(save_tiny(tmp_path / "dec"))], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "LlamaForCausalLM (llama decoder)" in res.output and "model.layers.N.mlp.gate_proj" in res.output
+    assert "MLP neurons: 128 per layer" in res.output
+    assert "key-value groups: 2 per layer, each 2 query head(s) + 1 key/value head of 16" in res.output
+    res = runner.invoke(app, ["inspect", str(save_tiny(tmp_path / "enc", kind="bert"))], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "encoder.layer.N.intermediate.dense" in res.output and "attention heads: not removable" in res.output
+    no_tok = save_tiny(tmp_path / "bare", tokenizer=False)
+    res = runner.invoke(app, ["inspect", str(no_tok)], env={"COLUMNS": "200"})
+    assert res.exit_code == 2 and "no tokenizer" in res.output
+
+
+def test_packaged_language_model_recipes_validate():
+    from edgecompress.recipe import load_recipe
+
+    mosaic = load_recipe("smollm2-mosaic")
+    assert [s.method for s in mosaic.stages] == ["prune.llm", "prune.composite"]
+    assert mosaic.model.hf == "smollm2-135m" and mosaic.data.tokenizer == "smollm2-135m"
+    assert mosaic.stages[0].config.allocation == "mosaic" and mosaic.stages[0].config.criterion == "sparsegpt"
+    minilm = load_recipe("minilm-wanda")
+    assert minilm.data.task == "embedding" and minilm.stages[0].config.criterion == "wanda"

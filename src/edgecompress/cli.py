@@ -177,17 +177,22 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 @app.command()
 def inspect(
-    model: str = typer.Argument(..., help="zoo name, recipe YAML, package.module:callable, or .pt2 archive"),
+    model: str = typer.Argument(..., help="zoo name, recipe YAML, package.module:callable, .pt2 archive, or a "
+                                          "transformer: smollm2-135m, all-minilm-l6-v2 or a Hugging Face model dir"),
     input_shape: str = typer.Option("3,32,32", "--input-shape", help="per-sample input shape, e.g. 1,28,28"),
     classes: int = typer.Option(10, "--classes", help="number of classes"),
     arch: str | None = typer.Option(None, "--arch", help="zoo name or callable for a weights file"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow loading pickled full models"),
 ) -> None:
-    """Parameters, MACs, a per-layer table, and which layers can be pruned structurally (and why not)."""
-    from edgecompress.inspection import inspect_model, load_for_inspect
+    """Parameters, MACs, a per-layer table, and which layers can be pruned structurally (and why not); for a
+    transformer, its projections by role and what prune.composite can remove."""
+    from edgecompress.inspection import inspect_model, inspect_transformer, is_transformer, load_for_inspect
 
     try:
         net, shape = load_for_inspect(model, _parse_shape(input_shape), classes, arch, trust_pickle)
+        if is_transformer(net):
+            _print_transformer(model, inspect_transformer(net))
+            return
         report = inspect_model(net, shape)
     except (EdgeCompressError, ValidationError) as err:
         _fail(err)
@@ -204,6 +209,34 @@ def inspect(
                       str(row.get("out_channels", row.get("out_features", ""))), f"{row['params']:,}",
                       f"{row['macs']:,}", _prunable_cell(ok, why))
     out_console.print(table)
+
+
+def _print_transformer(name: str, report: dict) -> None:
+    """``inspect`` of a transformer: its projections by role and shape, and what prune.composite can remove."""
+    from edgecompress.inspection import layer_ranges
+
+    out_console.print(f"[bold]{name}[/]  {report['class']} ({report['family']} {report['kind']})  "
+                      f"params {report['params']:,}  layers {report['layers']} ({report['prefix']})")
+    table = Table(title="projections (prune.llm prunes all of them)")
+    table.add_column("role", no_wrap=True)
+    table.add_column("module", no_wrap=True)
+    for col in ("in", "out", "params/layer", "layers"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for row in report["projections"]:
+        table.add_row(row["role"], row["module"], str(row["in_features"]), str(row["out_features"]),
+                      f"{row['params_per_layer']:,}", layer_ranges(row["layers"]))
+    out_console.print(table)
+    units = report["removable"]
+    mlp = sorted({u["mlp_neurons"] for u in units})
+    lines = [f"MLP neurons: {', '.join(map(str, mlp))} per layer (prune.composite mlp: share removed from every layer)"]
+    if report["kind"] == "decoder":
+        u = units[0]
+        lines.append(f"key-value groups: {', '.join(map(str, sorted({v['kv_groups'] for v in units})))} per layer, "
+                     f"each {u['heads_per_group']} query head(s) + 1 key/value head of {u['head_dim']} "
+                     "(prune.composite attention: share removed, whole groups)")
+    else:
+        lines.append("attention heads: not removable (the encoder's config derives its head size from the head count)")
+    out_console.print("prune.composite can remove:\n  " + "\n  ".join(lines), highlight=False)
 
 
 def _prunable_cell(ok: bool, why: str) -> str:

@@ -19,10 +19,15 @@ from edgecompress.zoo.loading import ModelSpec, check_input, load_model, read_st
 def load_for_inspect(arg: str, input_shape: tuple[int, ...], classes: int, arch: str | None,
                      trust_pickle: bool) -> tuple[nn.Module, tuple[int, ...]]:
     """A model from a zoo name, a recipe (file or packaged name), ``package.module:callable``, a .pt2 archive, a
-    weights file (with ``arch``) or a pickled model (with ``trust_pickle``)."""
+    weights file (with ``arch``), a pickled model (with ``trust_pickle``), or a Hugging Face transformer (a packaged
+    language model's name or a model directory; its input shape is ``()``: token ids)."""
     from edgecompress import packaged
 
     path = Path(arg)
+    if is_transformer_source(arg) and arg not in zoo.names():
+        from edgecompress.llm.models import load
+
+        return load(arg)[0], ()
     if path.suffix in (".yaml", ".yml") or (arg not in zoo.names() and arg in packaged.names()):
         from edgecompress import baseline
         from edgecompress.data.datasets import load_task
@@ -46,6 +51,59 @@ def load_for_inspect(arg: str, input_shape: tuple[int, ...], classes: int, arch:
     model = load_model(spec, input_shape, classes, trust_pickle=trust_pickle)
     check_input(model, input_shape)
     return model, input_shape
+
+
+def is_transformer_source(arg: str) -> bool:
+    """Whether ``arg`` names a packaged language model or a Hugging Face model directory."""
+    from edgecompress.llm.models import PRETRAINED
+
+    return arg in PRETRAINED or (Path(arg) / "config.json").is_file()
+
+
+def is_transformer(model: nn.Module) -> bool:
+    """Whether ``model`` was loaded as a Hugging Face transformer (``model: {hf: ...}``)."""
+    from edgecompress.checkpoint import ARCH_ATTR
+
+    arch = getattr(model, ARCH_ATTR, None)
+    return isinstance(arch, dict) and "hf" in arch
+
+
+def inspect_transformer(model: nn.Module) -> dict:
+    """A transformer's projections grouped by role and shape (with the layers that have them) and the units
+    ``prune.composite`` can remove from each layer: MLP neurons, and for decoders key-value groups."""
+    from edgecompress.llm.arch import transformer
+
+    arch = transformer(model)
+    groups: dict[tuple, list[int]] = {}
+    for i in range(len(arch)):
+        for role, proj in arch.projections(i).items():
+            groups.setdefault((role, arch.family.roles[role], proj.in_features, proj.out_features), []).append(i)
+    rows = [{"role": role, "module": f"{arch.prefix}.N.{name}", "in_features": n_in, "out_features": n_out,
+             "params_per_layer": n_in * n_out, "layers": layers} for (role, name, n_in, n_out), layers in groups.items()]
+    removable = []
+    for i in range(len(arch)):
+        proj = arch.projections(i)
+        unit = {"layer": i, "mlp_neurons": proj["down"].in_features}
+        if arch.family.kind == "decoder":
+            attn = arch.layers[i].self_attn
+            unit.update(kv_groups=proj["k"].out_features // attn.head_dim, heads_per_group=attn.num_key_value_groups,
+                        head_dim=attn.head_dim)
+        removable.append(unit)
+    return {"class": type(model).__name__, "family": arch.family.name, "kind": arch.family.kind,
+            "layers": len(arch), "prefix": arch.prefix, "params": count_params(model), "projections": rows,
+            "removable": removable}
+
+
+def layer_ranges(layers: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out, start = [], None
+    for i, n in enumerate(layers):
+        if start is None:
+            start = n
+        if i + 1 == len(layers) or layers[i + 1] != n + 1:
+            out.append(f"{start}" if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(out)
 
 
 def _refuse_state_dict(path: Path) -> None:
