@@ -158,6 +158,20 @@ def test_checkpoint_of_a_shrunk_hf_model_reloads_its_new_shape_with_tied_weights
     assert sum(p.numel() for p in back.parameters()) == sum(p.numel() for p in model.parameters())
 
 
+def test_checkpoint_of_a_transformers_model_built_in_python_records_its_class_and_config(tmp_path):
+    from edgecompress.baseline import build_from_arch
+
+    config = transformers.BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=48, max_position_embeddings=32)
+    model = transformers.BertModel(config).eval()
+    meta = json.loads(save_model(model, tmp_path / "ckpt").read_text())
+    assert meta["arch"]["hf"] == "BertModel" and meta["arch"]["config"]["intermediate_size"] == 48
+    back = load_model(tmp_path / "ckpt", build_from_arch)
+    ids = torch.randint(96, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state)
+
+
 # ---- end to end ----------------------------------------------------------------------------------------
 
 
@@ -186,6 +200,20 @@ def test_language_model_recipe_runs_end_to_end_and_resumes(tmp_path, monkeypatch
         100 * (final["perplexity"] / base["perplexity"] - 1), abs=1e-3)
     assert (tmp_path / "a" / "report.html").is_file()
     assert snapshot(user) == before  # the user's model directory is never written to
+
+    # bench: the run's own artifact fed token ids; a bare file needs the sequence length, its vocabulary is found
+    from typer.testing import CliRunner
+
+    from edgecompress.cli import app
+
+    wide = {"COLUMNS": "200"}
+    res = CliRunner().invoke(app, ["bench", str(tmp_path / "a"), "--repeats", "2", "--warmup", "0"], env=wide)
+    assert res.exit_code == 0 and "the run's artifact" in res.output and "re-export" not in res.output, res.output
+    onnx_file = str(tmp_path / "a" / "artifacts" / "model.onnx")
+    res = CliRunner().invoke(app, ["bench", onnx_file, "--repeats", "2"], env=wide)
+    assert res.exit_code == 2 and "--input-shape 128" in res.output
+    res = CliRunner().invoke(app, ["bench", onnx_file, "--repeats", "2", "--input-shape", "16"], env=wide)
+    assert res.exit_code == 0 and "latency_p50_ms" in res.output, res.output
 
     # a crash in prune.composite, then --resume: the shrunk model and its numbers equal the uninterrupted run's
     stage = registry.get("prune.composite")

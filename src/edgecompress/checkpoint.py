@@ -45,6 +45,8 @@ def save_model(model: nn.Module, directory: Path) -> Path:
     save_file(state, str(tmp))
     atomic.replace(tmp, directory / "model.safetensors")
     arch = getattr(model, ARCH_ATTR, None)
+    if arch is None and type(model).__module__.startswith("transformers.") and hasattr(model, "config"):
+        arch = {"hf": type(model).__name__}  # a transformers model passed from Python
     if isinstance(arch, dict) and "hf" in arch:  # a transformers model: its config as it is now (pruning shrinks it)
         arch = {"hf": arch["hf"], "config": json.loads(model.config.to_json_string(use_diff=False))}
     meta = {

@@ -268,7 +268,8 @@ def bench(
         return
     try:
         art, shape = artifact_from_file(artifact, None if input_shape is None else _parse_shape(input_shape))
-        res = benchmark(art, shape, threads=threads, batch=batch, warmup=warmup, repeats=repeats)
+        res = benchmark(art, shape, threads=threads, batch=batch, warmup=warmup, repeats=repeats,
+                        vocab_size=art.details.get("vocab_size"))
     except EdgeCompressError as err:
         _fail(err)
     table = Table(title=f"{artifact.name} in {art.runtime} ({plural(threads, 'thread')}, batch {batch})")

@@ -140,8 +140,11 @@ def artifact_from_file(path: Path, input_shape: tuple[int, ...] | None) -> tuple
     art, shape = runtime.validate(path)
     shape = input_shape or shape
     if not shape or not all(shape):
-        raise EdgeCompressError("cannot tell the input shape from the file", where=str(path),
-                                fix="pass --input-shape, e.g. --input-shape 1,28,28")
+        tokens = "vocab_size" in art.details
+        raise EdgeCompressError("cannot tell the input shape from the file" + (
+            " (its inputs are token ids of any length)" if tokens else ""), where=str(path),
+            fix="pass --input-shape with the sequence length in tokens, e.g. --input-shape 128" if tokens else
+                "pass --input-shape, e.g. --input-shape 1,28,28")
     return art, tuple(shape)
 
 

@@ -74,7 +74,7 @@ def compare_run(run_dir: Path, settings: ExportSettings, *, trust_pickle: bool =
     """The run's own final artifact (``artifacts/``, the file the run measured) first, then the final model
     re-exported for comparison: FP32 in the artifact's runtime when the artifact is INT8, and FP32 (plus default
     ``quant.ptq`` INT8 when the artifact is INT8) in every other compared runtime. Each row's ``source`` says which
-    it is. Re-exports go to ``run_dir/runtime-compare``. A model that came from a callable, an archive or a pickle
+    it is (a model with token inputs: its own artifact only). Re-exports go to ``run_dir/runtime-compare``. A model that came from a callable, an archive or a pickle
     is rebuilt from the run's recipe (``trust_pickle`` for a pickle)."""
     from edgecompress import baseline, rundir
     from edgecompress.checkpoint import load_model
@@ -99,6 +99,8 @@ def compare_run(run_dir: Path, settings: ExportSettings, *, trust_pickle: bool =
     if int8:
         rows += [{**row, "source": "re-export (FP32)"}
                  for row in compare_runtimes(model, task, settings, out, runtimes=[own.runtime])]
+    if isinstance(task.example_inputs(1), dict):  # token inputs: exported to ONNX only (see llm.export)
+        return rows
     others = [name for name in compared_runtimes() if name != own.runtime]
     return rows + [{**row, "source": "re-export" + (" (default quant.ptq)" if row["precision"] == "int8" else "")}
                    for row in compare_runtimes(model, task, settings, out, runtimes=others, int8=int8)]

@@ -56,9 +56,12 @@ def measure_artifact(artifact: Artifact, task: Task, settings: ExportSettings, *
     """Accuracy (if asked and labelled), bytes, latency p50/p95 at ``settings.batch`` and throughput at
     ``throughput_batch`` (default: the same batch) of one artifact: one row of a runtime comparison."""
     row: dict[str, Any] = {"runtime": artifact.runtime, "format": artifact.format, "precision": artifact.precision}
-    if accuracy and task.has_labels:
+    if accuracy and task.has_labels and task.metric == "accuracy":
         row["accuracy"] = task.evaluate(artifact.runner(settings.threads))["accuracy"]
-    timing = {"threads": settings.threads, "warmup": settings.warmup, "repeats": settings.repeats}
+    elif accuracy and task.can_evaluate:  # e.g. perplexity, embedding cosine: the task's headline metric
+        row[task.metric] = task.evaluate(artifact.runner(settings.threads))[task.metric]
+    timing = {"threads": settings.threads, "warmup": settings.warmup, "repeats": settings.repeats,
+              "vocab_size": getattr(task, "vocab_size", None)}
     latency = benchmark(artifact, task.input_shape, batch=settings.batch, **timing)
     row.update(size_bytes=artifact.size_bytes, latency_p50_ms=latency["latency_p50_ms"],
                latency_p95_ms=latency["latency_p95_ms"], throughput_sps=latency["throughput_sps"])

@@ -83,12 +83,19 @@ def load_onnx(path: Path) -> onnx.ModelProto:
 
 def validate(path: Path) -> tuple[Artifact, tuple[int, ...]]:
     """The checked file as an artifact (INT8 when it holds quantized ops; its ``.data`` file when there is one)
-    and the per-sample input shape it declares."""
+    and the per-sample input shape it declares. A model with token inputs (int64 ``input_ids``) gets
+    ``details["vocab_size"]``: the rows of the embedding table that ``input_ids`` index (2 when not found)."""
     proto = load_onnx(path)
     data = path.with_name(path.name + ".data")
     precision = "int8" if any(n.op_type in QUANTIZED_OPS for n in proto.graph.node) else "fp32"
     art = Artifact(path, "onnx", "onnxruntime", precision, [data] if data.exists() else [])
-    return art, tuple(d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:])
+    first = proto.graph.input[0]
+    if first.name == "input_ids" and first.type.tensor_type.elem_type == 7:  # INT64 token ids
+        tables = {t.name: t.dims[0] for t in proto.graph.initializer if len(t.dims) == 2}
+        rows = [tables[n.input[0]] for n in proto.graph.node
+                if n.op_type == "Gather" and n.input[1:2] == ["input_ids"] and n.input[0] in tables]
+        art.details = {"inputs": [i.name for i in proto.graph.input], "vocab_size": int(rows[0]) if rows else 2}
+    return art, tuple(d.dim_value for d in first.type.tensor_type.shape.dim[1:])
 
 
 def session(path: str | Path, threads: int) -> onnxruntime.InferenceSession:
