@@ -201,6 +201,16 @@ def test_language_model_recipe_runs_end_to_end_and_resumes(tmp_path, monkeypatch
     assert (tmp_path / "a" / "report.html").is_file()
     assert snapshot(user) == before  # the user's model directory is never written to
 
+    # artifacts/ is also a Hugging Face directory: the shrunk model and the tokenizer reload with transformers
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "artifacts").eval()
+    assert reloaded.config.intermediate_size == 96
+    with torch.no_grad():
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        torch.testing.assert_close(reloaded(**batch).logits, straight.model(**batch).logits)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "a" / "artifacts")
+    assert tok("def f():", add_special_tokens=False)["input_ids"] == byte_tokenizer()("def f():",
+                                                                                      add_special_tokens=False)["input_ids"]
+
     # bench: the run's own artifact fed token ids; a bare file needs the sequence length, its vocabulary is found
     from typer.testing import CliRunner
 

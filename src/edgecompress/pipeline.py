@@ -19,7 +19,7 @@ from rich.markup import escape
 from torch import nn
 
 from edgecompress import baseline, placement, registry, rundir, validate
-from edgecompress.checkpoint import load_model, save_model
+from edgecompress.checkpoint import ARCH_ATTR, load_model, save_model
 from edgecompress.context import StageContext, StageMeter, StageOutput, StageReport
 from edgecompress.data.datasets import load_task
 from edgecompress.summary import chance_warning, checks, summarize
@@ -314,6 +314,11 @@ class Pipeline:
         artifact = Artifact(dest / artifact.path.name, artifact.format, artifact.runtime, artifact.precision,
                             [dest / p.name for p in artifact.extra_files])
         save_model(model, dest)
+        if isinstance(getattr(model, ARCH_ATTR, None), dict) and "hf" in getattr(model, ARCH_ATTR):
+            from edgecompress.llm.models import complete_hf_dir  # artifacts/ reloads with transformers
+
+            spec = self.recipe.model if self.user_model is None else None
+            complete_hf_dir(model, dest, spec.hf if spec is not None else None)
         if self.device.type == "cuda" and self.task.kind not in registry.TOKEN_TASK_KINDS:
             final["metrics"].update(self._gpu_metrics(model))
         summary = summarize(history, self.task.metric, self.task.higher_is_better)

@@ -77,6 +77,15 @@ def build_from_arch(arch: dict) -> nn.Module:
     return model
 
 
+def complete_hf_dir(model: nn.Module, directory: Path, tokenizer: str | None) -> None:
+    """Make ``directory``, which holds ``model.safetensors`` from :func:`edgecompress.checkpoint.save_model` (the
+    model's own state_dict keys), a directory ``from_pretrained`` loads: the model's current config and, when
+    ``tokenizer`` names one (a packaged model or a model directory), the tokenizer's files."""
+    model.config.save_pretrained(directory)
+    if tokenizer and tokenizer != "byte":
+        load_tokenizer(tokenizer).save_pretrained(directory)
+
+
 def smollm2() -> tuple[nn.Module, object]:
     """SmolLM2-135M-Instruct (see the module docstring) and its tokenizer."""
     target = cache_dir() / "smollm2-135m"
