@@ -20,7 +20,9 @@ def _tokenizer(name: str) -> tuple[Tokenizer, int]:
     from edgecompress.llm.models import load_tokenizer
 
     tok = load_tokenizer(name)
-    return (lambda text: tok(text, add_special_tokens=False)["input_ids"]), len(tok)
+    # verbose=False: whole documents are tokenized, then cut into seq_len windows, so "longer than the maximum
+    # sequence length" does not apply
+    return (lambda text: tok(text, add_special_tokens=False, verbose=False)["input_ids"]), len(tok)
 
 
 def _pairs(documents: list[str], tokenizer: Tokenizer, length: int, limit: int) -> TensorDataset:
