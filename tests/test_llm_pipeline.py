@@ -119,6 +119,14 @@ def test_cnn_stage_in_a_language_model_recipe_is_refused_before_any_work(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+def test_hf_model_on_image_data_is_refused_before_loading_it(tmp_path):
+    user = save_tiny(tmp_path / "mine")
+    recipe = {**lm_recipe(user, []), "data": {"dataset": "digits"}, "targets": {}}
+    with pytest.raises(EdgeCompressError, match="takes token ids, but data 'digits' is classification") as err:
+        compress(recipe=parse_recipe(recipe), out=tmp_path / "run", progress=False)
+    assert "dataset: text" in err.value.fix and not (tmp_path / "run").exists()
+
+
 def test_token_models_export_to_onnx_only_and_perplexity_target_needs_perplexity(tmp_path):
     user = save_tiny(tmp_path / "mine")
     recipe = {**lm_recipe(user, []), "export": {"format": "executorch"}}

@@ -61,6 +61,10 @@ def load(recipe: Recipe, task: Task, *, trust_pickle: bool = False, train: bool 
     if spec.hf is not None and spec.pretrain is not None:
         raise EdgeCompressError("a Hugging Face model is already trained: `pretrain` does not apply to `hf:`",
                                 where="model.pretrain", fix="remove `pretrain:` from the model section")
+    if spec.hf is not None and task.kind not in ("causal_lm", "embedding"):
+        raise EdgeCompressError(f"a Hugging Face transformer takes token ids, but data {task.name!r} is {task.kind} "
+                                "data", where="data", fix="use text data: data: {dataset: text, task: causal_lm} "
+                                                          "(or task: embedding for an encoder)")
     if spec.zoo is not None and task.kind in ("causal_lm", "embedding"):
         raise EdgeCompressError(f"zoo models take images, but data {task.name!r} is {task.kind} text (token ids)",
                                 where="model.zoo", fix="name a language model: model: {hf: smollm2-135m}, "
