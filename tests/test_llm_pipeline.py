@@ -227,6 +227,7 @@ def test_language_model_recipe_runs_end_to_end_and_resumes(tmp_path, monkeypatch
     wide = {"COLUMNS": "200"}
     res = CliRunner().invoke(app, ["bench", str(tmp_path / "a"), "--repeats", "2", "--warmup", "0"], env=wide)
     assert res.exit_code == 0 and "the run's artifact" in res.output and "re-export" not in res.output, res.output
+    assert "PPL" in res.output and f"{final['perplexity']:.2f}" in res.output
     onnx_file = str(tmp_path / "a" / "artifacts" / "model.onnx")
     res = CliRunner().invoke(app, ["bench", onnx_file, "--repeats", "2"], env=wide)
     assert res.exit_code == 2 and "--input-shape 128" in res.output

@@ -304,7 +304,9 @@ def bench_table(rows: list[dict], title: str, wide: bool = False) -> Table:
     ExecuTorch's delegation (XNNPACK nodes, operators left to the portable kernels)."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold",
                   title=title, title_justify="left")
-    columns = [("artifact", "left"), ("runtime", "left"), ("precision", "left"), ("acc\n%", "right"),
+    metric = next((k for k in ("perplexity", "embedding_cosine") if any(k in r for r in rows)), "accuracy")
+    header = {"perplexity": "PPL", "embedding_cosine": "cos\n%"}.get(metric, "acc\n%")  # language-model runs
+    columns = [("artifact", "left"), ("runtime", "left"), ("precision", "left"), (header, "right"),
                ("size\nKiB", "right"), ("p50\nms", "right"), ("samples\n/s", "right")]
     if wide:
         columns[6:6] = [("p95\nms", "right")]
@@ -312,7 +314,8 @@ def bench_table(rows: list[dict], title: str, wide: bool = False) -> Table:
     for header, justify in columns:
         table.add_column(header, justify=justify, no_wrap=justify == "right")
     for r in rows:
-        cells = [r["source"], r["runtime"], r["precision"], f"{100 * r['accuracy']:.2f}" if "accuracy" in r else "-",
+        value = "-" if metric not in r else f"{r[metric]:.2f}" if metric == "perplexity" else f"{100 * r[metric]:.2f}"
+        cells = [r["source"], r["runtime"], r["precision"], value,
                  f"{r['size_bytes'] / 1024:,.1f}", f"{r['latency_p50_ms']:.3f}", f"{r['throughput_sps']:,.0f}"]
         if wide:
             cells[6:6] = [f"{r['latency_p95_ms']:.3f}"]
