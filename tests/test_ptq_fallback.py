@@ -33,6 +33,7 @@ def test_fallback_finds_the_broken_layer_and_reports_its_cost(digits_cnn, digits
     assert [layer["module"] for layer in report["layers"].values()] == ["features.4"], report
     assert [n for n in ctx.info["float_nodes"] if n.endswith("(Conv)")] == ["/features/features.4/Conv (Conv)"]
     (layer,) = report["layers"].values()
+    assert report["kept"] == "with_fallback"
     assert report["with_fallback"]["output_error"] < 0.8 * report["all_int8"]["output_error"], report
     assert report["with_fallback"]["output_error"] == pytest.approx(layer["output_error_with_it_in_float"], rel=1e-6)
     assert report["with_fallback"]["int8_bytes"] > report["all_int8"]["int8_bytes"]

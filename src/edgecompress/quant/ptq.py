@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -85,8 +86,8 @@ class PTQConfig(StageConfig):
     float_fallback: int = Field(
         0, ge=0, le=1000, description="keep up to this many of the costliest layers in float: a layer's cost is how "
                                       "much the INT8 ONNX model's output error drops with that layer alone in float, "
-                                      "measured in ONNX Runtime (onnxruntime backend); the report lists them and their "
-                                      "size and latency cost",
+                                      "measured in ONNX Runtime (onnxruntime backend), kept only if together they "
+                                      "lower the error; the report lists them and their size and latency cost",
     )
     rounding: Literal["nearest", "adaround"] = Field(
         "nearest", description="weight rounding: to nearest, or adaround: learned layer by layer on the calibration "
@@ -234,7 +235,8 @@ FALLBACK_SAMPLES = 32  # calibration inputs the per-layer sensitivities are meas
 def _float_fallback(count: int, out: Path, prep: Path, calib: torch.Tensor, excluded: list[str],
                     quantize: Callable[[list[str]], None], threads: int) -> dict:
     """Measure each layer's sensitivity on the INT8 file ``out``, re-quantize with the ``count`` costliest layers
-    (those whose float version lowers the output error most, if it does) in float; report which and the cost."""
+    (those whose float version lowers the output error most, if it does) in float, and keep that file only if its
+    output error is lower than the all-INT8 one's; report which layers, which file was kept and the cost."""
     from edgecompress.quant import fallback
 
     inputs = calib[:FALLBACK_SAMPLES].numpy()
@@ -242,12 +244,19 @@ def _float_fallback(count: int, out: Path, prep: Path, calib: torch.Tensor, excl
     ranked = sorted((e, name) for name, e in errors.items() if e < base)[:count]
     before = {"int8_bytes": out.stat().st_size, "latency_ms": fallback.latency_ms(str(out), inputs[:1], threads),
               "output_error": base}
+    all_int8 = out.with_name("model_int8_all.onnx")
+    shutil.copyfile(out, all_int8)
     quantize(excluded + [name for _, name in ranked])
     reference = fallback.outputs(str(prep), inputs)
     after = {"int8_bytes": out.stat().st_size, "latency_ms": fallback.latency_ms(str(out), inputs[:1], threads),
              "output_error": fallback.relative_error(fallback.outputs(str(out), inputs), reference)}
+    kept = "with_fallback" if after["output_error"] < base else "all_int8"
+    if kept == "all_int8":  # layers chosen one at a time can raise the error together: keep the all-INT8 file
+        all_int8.replace(out)
+    else:
+        all_int8.unlink()
     return {"layers": {name: {"module": _onnx_module_path(name), "output_error_with_it_in_float": e}
-                       for e, name in ranked},
+                       for e, name in ranked}, "kept": kept,
             "all_int8": before, "with_fallback": after, "samples": len(inputs), "threads": threads,
             "measure": "relative output MSE vs the FP32 ONNX model, in ONNX Runtime; latency batch 1, median of 30"}
 
