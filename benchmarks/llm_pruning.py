@@ -30,6 +30,7 @@ METHODS = {  # name -> (criterion, allocation)
     "mosaic": ("sparsegpt", "mosaic"),
 }
 MODELS = {"smollm2": "smollm2-135m", "minilm": "all-minilm-l6-v2"}
+DEFAULTS = (0.08, 5.0)  # OWL's lambda and M, the published values (LLaMA-7B)
 
 
 def rss_mib() -> float:
@@ -49,12 +50,14 @@ def one(model_key: str, method: str | None, sparsity: float, args) -> dict:
     calib = evaluate.calibration_batches(tok, args.samples, args.seq_len, 8)
     ids, mask = evaluate.windows(tok, "heldout", args.seq_len, args.eval)
     row: dict = {"model": model_key, "method": method or "dense", "sparsity": sparsity if method else 0.0}
+    if method and METHODS[method][1] != "uniform" and (args.lam, args.outlier_m) != DEFAULTS:
+        row.update(lam=args.lam, outlier_m=args.outlier_m)
     if model_key == "minilm":
         dense = evaluate.embeddings(model, ids, mask)
     if method:
         criterion, alloc = METHODS[method]
         result = prune_llm(model, calib, LLMPruneConfig(sparsity=sparsity, criterion=criterion, allocation=alloc,
-                                                        samples=args.samples))
+                                                        samples=args.samples, lam=args.lam, outlier_m=args.outlier_m))
         row.update(prune_seconds=round(result.seconds, 2), reached=round(result.sparsity, 4),
                    peak_rss_mib=round(rss_mib(), 1), rss_after_load_mib=round(loaded, 1))
     if model_key == "smollm2":
@@ -75,7 +78,8 @@ def table(rows: list[dict], model_key: str) -> str:
     for method in METHODS:
         cells, at70 = [], None
         for s in sparsities:
-            r = next((r for r in rows if r["model"] == model_key and r["method"] == method and r["sparsity"] == s), None)
+            r = next((r for r in rows if r["model"] == model_key and r["method"] == method and r["sparsity"] == s
+                      and "lam" not in r), None)
             cells.append(str(r[metric]) if r else "")
             at70 = r if r and s == 0.7 else at70
         lines.append(f"| {method} | " + " | ".join(cells) +
@@ -92,6 +96,8 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--eval", type=int, default=64, help="held-out windows")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lam", type=float, default=DEFAULTS[0], help="OWL/Mosaic lambda (a sweep: rows keep it)")
+    p.add_argument("--outlier-m", type=float, default=DEFAULTS[1], help="OWL/Mosaic outlier threshold M")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "llm_pruning")
     p.add_argument("--one", nargs=3, metavar=("MODEL", "METHOD", "SPARSITY"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -105,15 +111,19 @@ def main() -> None:
                      "cpus": os.cpu_count(), "threads": args.threads, "calibration": f"{args.samples} x {args.seq_len} "
                      "tokens, Python docs train topics", "evaluation": f"{args.eval} x {args.seq_len} tokens, held-out "
                      "topics (val + test)"}
-    done = {(r["model"], r["method"], r["sparsity"]) for r in data["rows"]}
+    key = lambda r: (r["model"], r["method"], r["sparsity"], r.get("lam"), r.get("outlier_m"))  # noqa: E731
+    done = {key(r) for r in data["rows"]}
+    tuned = (args.lam, args.outlier_m) != DEFAULTS
     todo = [(m, "dense", 0.0) for m in args.models] + [
         (m, meth, s) for m in args.models for s in args.sparsities for meth in args.methods]
     for model_key, method, s in todo:
-        if (model_key, method, s) in done:
+        sweep = tuned and method != "dense" and METHODS[method][1] != "uniform"
+        if (model_key, method, s, *((args.lam, args.outlier_m) if sweep else (None, None))) in done:
             continue
         start = time.perf_counter()
         cmd = [sys.executable, __file__, "--one", model_key, method, str(s), "--samples", str(args.samples),
-               "--seq-len", str(args.seq_len), "--eval", str(args.eval), "--threads", str(args.threads)]
+               "--seq-len", str(args.seq_len), "--eval", str(args.eval), "--threads", str(args.threads),
+               "--lam", str(args.lam), "--outlier-m", str(args.outlier_m)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"{model_key} {method} {s} failed:\n{out.stderr[-3000:]}")
@@ -126,7 +136,13 @@ def main() -> None:
     for model_key in args.models:
         what = "held-out perplexity (lower is better)" if model_key == "smollm2" else "mean cosine to dense embeddings"
         md.append(f"## {MODELS[model_key]}: {what}\n\n{table(data['rows'], model_key)}\n")
-    args.out.with_suffix(".md").write_text("\n".join(md))
+    sweep = [r for r in data["rows"] if "lam" in r]
+    if sweep:
+        md.append("## OWL / Mosaic hyper-parameters (lambda, M) against the published (0.08, 5)\n\n"
+                  "| model | method | sparsity | lambda | M | perplexity / cosine |\n|---|---|---|---|---|---|")
+        md += [f"| {r['model']} | {r['method']} | {r['sparsity']:.0%} | {r['lam']} | {r['outlier_m']} | "
+               f"{r.get('perplexity', r.get('cosine_mean'))} |" for r in sweep]
+    args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
 
 
 if __name__ == "__main__":
