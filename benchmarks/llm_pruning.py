@@ -82,6 +82,8 @@ def table(rows: list[dict], model_key: str) -> str:
                       and "lam" not in r), None)
             cells.append(str(r[metric]) if r else "")
             at70 = r if r and s == 0.7 else at70
+        if not any(cells):
+            continue
         lines.append(f"| {method} | " + " | ".join(cells) +
                      f" | {at70['prune_seconds'] if at70 else ''} | {at70['peak_rss_mib'] if at70 else ''} |")
     return "\n".join(lines)
