@@ -29,7 +29,7 @@ from torch import nn
 from edgecompress.errors import EdgeCompressError
 from edgecompress.llm.arch import Transformer, transformer
 from edgecompress.llm.criteria import InputStats
-from edgecompress.llm.layerwise import capture_calls, run_layer, run_layers
+from edgecompress.llm.layerwise import capture_calls, collect_stats, run_layers
 from edgecompress.registry import StageConfig
 
 
@@ -95,13 +95,7 @@ def _set(parent: nn.Module, name: str, module: nn.Module) -> None:
 def _shrink_layer(arch: Transformer, i: int, layer: nn.Module, calls, config: CompositeConfig, cut_mlp: int,
                   cut_groups: int) -> None:
     names, proj = arch.family.roles, arch.projections(i)
-    groups = {r: InputStats(proj[r].in_features, config.compensate) for r in ("o", "down")}
-    handles = [proj[r].register_forward_pre_hook(lambda _m, a, s=groups[r]: s.add(a[0])) for r in groups]
-    try:
-        run_layer(layer, calls)
-    finally:
-        for h in handles:
-            h.remove()
+    groups = collect_stats(arch, i, layer, calls, config.compensate, roles=("o", "down"))  # the consumers' inputs
     if cut_mlp:
         keep = _energy(proj["down"], groups["down"]).argsort(descending=True)[:proj["down"].in_features - cut_mlp]
         keep = keep.sort().values

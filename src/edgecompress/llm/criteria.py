@@ -7,17 +7,19 @@ unstructured (a sparsity) or N:M (N zeros in every M consecutive inputs of a row
   layer-output error, column by column in blocks of 128: each block picks its mask by ``w^2 / [H^-1]_jj^2`` and
   every pruned weight's error is spread over the not-yet-visited columns, as in the reference implementation
   (IST-DASLab/sparsegpt, ``fasterprune``), damping 1% of the mean diagonal.
-Written here because the reference code is research scripts bound to its own model loaders; the Hessian and
-inverse-Cholesky helpers are shared with GPTQ.
+The column loop runs on one CPU thread: its operations are too small to share, and on a busy 2-core machine
+threads waiting for each other made it up to 100x slower than one thread. Written here because the reference
+code is research scripts bound to its own model loaders; the Hessian and inverse-Cholesky helpers are shared
+with GPTQ.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
+from edgecompress.placement import torch_threads
 from edgecompress.quant.weights.gptq import _inverse_cholesky
 
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
@@ -91,25 +93,13 @@ def score_prune(w: torch.Tensor, scores: torch.Tensor, sparsity: float, nm: tupl
     return w.masked_fill(mask.to(w.device), 0)
 
 
-@contextmanager
-def one_thread():
-    """The column loop's operations are too small to share: on a busy CPU, threads waiting for each other made it
-    up to 100x slower than one thread (measured on a 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def sparsegpt(w: torch.Tensor, h: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None,
               damp: float = 0.01, block: int = BLOCK) -> torch.Tensor:
     """SparseGPT-prune ``w`` ``[rows, K]`` against the Hessian ``h`` ``[K, K]`` (see the module docstring); the
     pruned and updated weight, in ``w``'s dtype and device."""
     if w.device.type != "cpu":
         return _sparsegpt(w, h, sparsity, nm, damp, block)
-    with one_thread():
+    with torch_threads(1):  # see the module docstring
         return _sparsegpt(w, h, sparsity, nm, damp, block)
 
 

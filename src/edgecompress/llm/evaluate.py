@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgecompress.errors import EdgeCompressError
+from edgecompress.tasks.embedding import pooled, retrieval_top1
 from edgecompress.tasks.lm import next_token_nll
 from edgecompress.tasks.text import python_docs, sequences, split_documents
 
@@ -30,21 +32,22 @@ def windows(tokenizer, split: str, length: int, limit: int | None = None, docume
     ids, mask = sequences([stream], lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], length)
     full = mask.all(1)
     ids, mask = ids[full], mask[full]
-    if limit is not None and len(ids) < limit:
-        raise EdgeCompressError(f"the {split} text gives {len(ids)} windows of {length} tokens, fewer than the "
-                                f"{limit} asked for", where="samples",
-                                fix="ask for fewer or shorter sequences, or give more text")
+    if limit is not None:
+        _enough(f"the {split} text", len(ids), length, limit)
     return ids[:limit], mask[:limit]
+
+
+def _enough(text: str, windows: int, length: int, asked: int) -> None:
+    if windows < asked:
+        raise EdgeCompressError(f"{text} gives {windows} windows of {length} tokens, fewer than the {asked} asked "
+                                "for", where="samples", fix="ask for fewer or shorter sequences, or give more text")
 
 
 def calibration_batches(tokenizer, samples: int, length: int, batch_size: int, seed: int = 0,
                         documents: list[str] | None = None) -> list[dict[str, torch.Tensor]]:
     """``samples`` calibration windows from the training text, drawn reproducibly, as model-input batches."""
     ids, mask = windows(tokenizer, "train", length, None, documents)
-    if len(ids) < samples:
-        raise EdgeCompressError(f"the calibration text gives {len(ids)} windows of {length} tokens, fewer than "
-                                f"the {samples} samples asked for", where="samples",
-                                fix="ask for fewer or shorter sequences, or give more text")
+    _enough("the calibration text", len(ids), length, samples)
     pick = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))[:samples]
     return [{"input_ids": ids[pick[i:i + batch_size]], "attention_mask": mask[pick[i:i + batch_size]]}
             for i in range(0, samples, batch_size)]
@@ -64,27 +67,28 @@ def perplexity(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, batch_si
 
 
 def embeddings(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Mean-pooled, L2-normalised sentence embeddings of an encoder (the sentence-transformers pooling)."""
+    """Mean-pooled (as the embedding task pools), L2-normalised sentence embeddings of an encoder."""
     out = []
     with torch.no_grad():
         for i in range(0, len(ids), batch_size):
-            m = mask[i:i + batch_size].unsqueeze(-1).float()
             h = model(input_ids=ids[i:i + batch_size], attention_mask=mask[i:i + batch_size]).last_hidden_state
-            out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp_min(1), dim=-1))
-    return torch.cat(out)
+            out.append(torch.from_numpy(pooled(h.numpy(), mask[i:i + batch_size].numpy())))
+    return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+
+
+def _queries_then_passages(vectors: torch.Tensor) -> np.ndarray:
+    """Window k (even) is a query and window k + 1 its passage: all queries, then their passages in order."""
+    n = len(vectors) // 2
+    return torch.cat([vectors[0:2 * n:2], vectors[1:2 * n:2]]).numpy()
 
 
 def fidelity(dense: torch.Tensor, pruned: torch.Tensor) -> dict[str, float]:
-    """Cosine of each pruned embedding to the dense one, and retrieval: query k (even window) must find its
-    passage (the next window) among all passages, top-1, by the dense and by the pruned embeddings."""
+    """Cosine of each pruned embedding to the dense one, and top-1 retrieval (each query window must find its
+    passage, the next window, among all passages) by the pruned and by the dense embeddings."""
     cos = (dense * pruned).sum(-1)
-    q, p = pruned[0::2], pruned[1::2]
-    n = min(len(q), len(p))
-    hit = float(((q[:n] @ p[:n].T).argmax(1) == torch.arange(n)).float().mean())
-    dq, dp = dense[0::2][:n], dense[1::2][:n]
-    dense_hit = float(((dq @ dp.T).argmax(1) == torch.arange(n)).float().mean())
-    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "retrieval_top1": hit,
-            "dense_retrieval_top1": dense_hit}
+    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "retrieval_top1": retrieval_top1(_queries_then_passages(pruned)),
+            "dense_retrieval_top1": retrieval_top1(_queries_then_passages(dense))}
 
 
 def generate(model: nn.Module, tokenizer, prompt: str, new_tokens: int = 24) -> str:

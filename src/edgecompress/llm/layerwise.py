@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgecompress.llm.arch import Transformer
+from edgecompress.llm.arch import INPUT_GROUPS, Transformer
+from edgecompress.llm.criteria import InputStats
 
 
 @dataclass
@@ -76,6 +77,25 @@ def run_layer(layer: nn.Module, calls: list[LayerCall]) -> list[torch.Tensor]:
             out = layer(call.hidden, *call.args, **call.kwargs)
             outs.append(out[0] if isinstance(out, tuple) else out)
     return outs
+
+
+def collect_stats(arch: Transformer, i: int, layer: nn.Module, calls: list[LayerCall], hessian: bool,
+                  roles: Iterable[str] | None = None) -> dict[str, InputStats]:
+    """One forward pass of layer ``i`` over the calls: the input statistics of its projections (``roles``, default
+    all), one per input group (:data:`~edgecompress.llm.arch.INPUT_GROUPS`: q, k and v read the same tensor)."""
+    stats: dict[str, InputStats] = {}
+    handles = []
+    for role, proj in arch.projections(i).items():
+        group = INPUT_GROUPS[role]
+        if (roles is None or role in roles) and group not in stats:
+            stats[group] = InputStats(proj.in_features, hessian)
+            handles.append(proj.register_forward_pre_hook(lambda _m, args, s=stats[group]: s.add(args[0])))
+    try:
+        run_layer(layer, calls)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
 
 
 def run_layers(arch: Transformer, calls: list[LayerCall], visit: Callable[[int, nn.Module, list[LayerCall]], None],

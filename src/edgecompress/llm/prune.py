@@ -19,7 +19,7 @@ from torch import nn
 from edgecompress.errors import EdgeCompressError
 from edgecompress.llm import allocation, criteria
 from edgecompress.llm.arch import INPUT_GROUPS, Transformer, transformer
-from edgecompress.llm.layerwise import LayerCall, capture_calls, run_layer, run_layers
+from edgecompress.llm.layerwise import LayerCall, capture_calls, collect_stats, run_layers
 from edgecompress.registry import StageConfig
 
 
@@ -51,6 +51,11 @@ class LLMPruneConfig(StageConfig):
         return self
 
     @property
+    def target(self) -> float:
+        """The share of weights to zero: N/M with ``n_m``, else ``sparsity``."""
+        return self.nm[0] / self.nm[1] if self.nm else self.sparsity
+
+    @property
     def nm(self) -> tuple[int, int] | None:
         if self.n_m is None:
             return None
@@ -78,25 +83,9 @@ class LLMPruneResult:
         return sum(self.reached[k] * self.sizes[k] for k in self.reached) / sum(self.sizes.values())
 
 
-def collect_stats(arch: Transformer, i: int, layer: nn.Module, calls: list[LayerCall], hessian: bool
-             ) -> dict[str, criteria.InputStats]:
-    """One forward pass of the layer over the calibration calls: input statistics per input group."""
-    stats: dict[str, criteria.InputStats] = {}
-    handles = []
-    for role, proj in arch.projections(i).items():
-        group = INPUT_GROUPS[role]
-        if group not in stats:
-            stats[group] = criteria.InputStats(proj.in_features, hessian)
-            handles.append(proj.register_forward_pre_hook(lambda _m, args, s=stats[group]: s.add(args[0])))
-    try:
-        run_layer(layer, calls)
-    finally:
-        for h in handles:
-            h.remove()
-    return stats
-
-
 def _check_shapes(arch: Transformer, config: LLMPruneConfig) -> None:
+    """Refuse an N:M pattern that does not tile every projection's rows (a sparsity below 1, which the config
+    ensures, never empties a projection: allocations keep at least 1% of each)."""
     nm = config.nm
     for i in range(len(arch)):
         for role, proj in arch.projections(i).items():
@@ -104,9 +93,6 @@ def _check_shapes(arch: Transformer, config: LLMPruneConfig) -> None:
                 raise EdgeCompressError(f"{config.n_m} needs input widths that are multiples of {nm[1]}, but "
                                         f"{arch.name(i, role)} has {proj.in_features}", where="n_m",
                                         fix="use an N:M whose M divides every projection's input width")
-            if not nm and int(proj.weight.numel() * config.sparsity) >= proj.weight.numel():
-                raise EdgeCompressError(f"sparsity {config.sparsity} would empty {arch.name(i, role)}",
-                                        where="sparsity", fix="use a sparsity below 1")
 
 
 def outlier_ratios(arch: Transformer, calls: list[LayerCall], m: float, device: torch.device
@@ -133,19 +119,16 @@ def prune_llm(model: nn.Module, batches: list[dict[str, torch.Tensor]], config: 
     arch = transformer(model)
     _check_shapes(arch, config)
     sizes = {(i, r): p.weight.numel() for i in range(len(arch)) for r, p in arch.projections(i).items()}
+    nm = config.nm
     if config.criterion == "magnitude" and config.allocation == "uniform":  # needs no calibration
         for i, role in sizes:
             proj = arch.projections(i)[role]
-            proj.weight.data.copy_(criteria.prune_weight(proj.weight.data, None, "magnitude", config.sparsity,
-                                                         config.nm))
-        return _result(arch, sizes, {k: config.nm[0] / config.nm[1] if config.nm else config.sparsity
-                                     for k in sizes}, {}, start)
+            proj.weight.data.copy_(criteria.prune_weight(proj.weight.data, None, "magnitude", config.sparsity, nm))
+        return _result(arch, sizes, {k: config.target for k in sizes}, {}, start)
     calls = capture_calls(arch, batches, device)
     layer_or, proj_or = ({}, {}) if config.allocation == "uniform" else outlier_ratios(arch, calls, config.outlier_m,
                                                                                          device)
-    nm = config.nm
-    target = nm[0] / nm[1] if nm else config.sparsity
-    plan = allocation.allocate(config.allocation, target, sizes, layer_or, proj_or, config.lam)
+    plan = allocation.allocate(config.allocation, config.target, sizes, layer_or, proj_or, config.lam)
 
     def visit(i, layer, calls):
         stats = collect_stats(arch, i, layer, calls, hessian=config.criterion == "sparsegpt")

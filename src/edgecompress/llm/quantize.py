@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 from edgecompress.llm.arch import INPUT_GROUPS, transformer
-from edgecompress.llm.criteria import one_thread
-from edgecompress.llm.layerwise import capture_calls, run_layers
-from edgecompress.llm.prune import collect_stats
+from edgecompress.llm.layerwise import capture_calls, collect_stats, run_layers
+from edgecompress.placement import torch_threads
 from edgecompress.quant.weights.gptq import gptq
 from edgecompress.quant.weights.quantizer import QuantSpec
 
@@ -38,7 +37,7 @@ def gptq_llm(model: nn.Module, batches: list[dict[str, torch.Tensor]], spec: Qua
     def visit(i, layer, calls):
         stats = collect_stats(arch, i, layer, calls, hessian=True)
         for role, proj in arch.projections(i).items():
-            with one_thread():
+            with torch_threads(1):  # as SparseGPT's column loop (edgecompress.llm.criteria)
                 q, _ = gptq(proj.weight.data.cpu(), stats[INPUT_GROUPS[role]].matrix(), spec, damp)
             proj.weight.data.copy_(q.dequantize().to(proj.weight))
             sizes[0] += spec.nbytes(*proj.weight.shape)

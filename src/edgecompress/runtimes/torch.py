@@ -75,17 +75,14 @@ def runner(artifact: Artifact, threads: int) -> Runner:
     import torch
     import torchao  # noqa: F401  (registers the quantized ops that INT8 .pt2 archives use)
 
+    from edgecompress.placement import torch_threads
+
     check_files(artifact)
     module = load_pt2(artifact.path).module()
 
     def run(x: np.ndarray) -> np.ndarray:
-        previous = torch.get_num_threads()  # the thread count is process-wide: restore it for the caller
-        torch.set_num_threads(threads)
-        try:
-            with torch.no_grad():
-                out = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        finally:
-            torch.set_num_threads(previous)
+        with torch_threads(threads), torch.no_grad():  # the thread count is process-wide: restored for the caller
+            out = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
         if isinstance(out, (tuple, list)):
             out = out[0]
         return out.float().numpy()
