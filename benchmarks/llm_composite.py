@@ -4,7 +4,7 @@ perplexity, CPU latency per generated token and peak memory.
 Each variant is Mosaic at 50% (per-projection allocation + SparseGPT) followed by ``prune.composite`` at some
 MLP / attention-group share, saved with ``save_pretrained``. Latency: every saved model is reloaded with plain
 ``transformers.AutoModelForCausalLM.from_pretrained`` (no edgecompress import) in one process and timed in
-interleaved rounds: decoding (greedy, KV cache, batch 1, 32-token prompt, 32 new tokens; per token, the
+interleaved rounds (speed-ups: the median of the per-round ratios to dense, with their range): decoding (greedy, KV cache, batch 1, 32-token prompt, 32 new tokens; per token, the
 1-token run subtracted) and prefill (one 128-token forward pass). Peak memory: a fresh process per model that
 loads it and runs the same (its VmHWM).
 
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,8 +60,7 @@ for _ in range(int(sys.argv[3])):
         decode[k].append((run(m, 33) - run(m, 1)) / 32)
         prefill[k].append(forward(m))
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-med = lambda v: sorted(v)[len(v) // 2]
-print(json.dumps({"decode": {k: med(v) for k, v in decode.items()}, "prefill": {k: med(v) for k, v in prefill.items()},
+print(json.dumps({"decode": decode, "prefill": prefill,
                   "peak_rss_mib": hwm / 1024}))
 """
 
@@ -127,12 +127,14 @@ def main() -> None:
         one = subprocess.run([sys.executable, "-c", MEASURE, json.dumps({row["variant"]: paths[row["variant"]]}),
                               str(args.threads), "1"], capture_output=True, text=True, env=env, check=True)
         row["peak_rss_mib"] = round(json.loads(one.stdout.strip().splitlines()[-1])["peak_rss_mib"], 1)
-        row["ms_per_token"] = round(timing["decode"][row["variant"]] * 1e3, 2)
-        row["ms_prefill_128"] = round(timing["prefill"][row["variant"]] * 1e3, 1)
+        row["ms_per_token"] = round(statistics.median(timing["decode"][row["variant"]]) * 1e3, 2)
+        row["ms_prefill_128"] = round(statistics.median(timing["prefill"][row["variant"]]) * 1e3, 1)
     base = rows[0]
     for row in rows:
-        row["speedup"] = round(base["ms_per_token"] / row["ms_per_token"], 2)
-        row["prefill_speedup"] = round(base["ms_prefill_128"] / row["ms_prefill_128"], 2)
+        for kind, key in (("decode", "speedup"), ("prefill", "prefill_speedup")):  # per interleaved round
+            ratios = [b / v for b, v in zip(timing[kind][base["variant"]], timing[kind][row["variant"]])]
+            row[key] = round(statistics.median(ratios), 2)
+            row[key + "_range"] = [round(min(ratios), 2), round(max(ratios), 2)]
         row["parameters_saved"] = round(1 - row["parameters"] / base["parameters"], 3)
     setup = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
              "cpus": os.cpu_count(), "threads": args.threads, "rounds": args.rounds,
@@ -143,8 +145,9 @@ def main() -> None:
              "ms prefill 128 | speed-up | peak RSS MiB | sample |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['parameters'] / 1e6:.1f}M | {r['parameters_saved']:.1%} | "
-                     f"{r['bytes'] / 2**20:.0f} MiB | {r['perplexity']} | {r['ms_per_token']} | {r['speedup']}x | "
-                     f"{r['ms_prefill_128']} | {r['prefill_speedup']}x | "
+                     f"{r['bytes'] / 2**20:.0f} MiB | {r['perplexity']} | {r['ms_per_token']} | {r['speedup']}x "
+                     f"({r['speedup_range'][0]}-{r['speedup_range'][1]}) | {r['ms_prefill_128']} | "
+                     f"{r['prefill_speedup']}x ({r['prefill_speedup_range'][0]}-{r['prefill_speedup_range'][1]}) | "
                      f"{r['peak_rss_mib']} | {r['sample']!r} |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -71,7 +71,7 @@ def table(rows: list[dict], model_key: str) -> str:
     metric = "perplexity" if model_key == "smollm2" else "cosine_mean"
     sparsities = sorted({r["sparsity"] for r in rows if r["model"] == model_key and r["method"] != "dense"})
     dense = next((r for r in rows if r["model"] == model_key and r["method"] == "dense"), None)
-    head = f"| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " | prune s (at 70%) | peak RSS MiB |"
+    head = "| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " | prune s (at 70%) | peak RSS MiB |"
     lines = [head, "|" + "---|" * (len(sparsities) + 3)]
     if dense:
         lines.append(f"| dense | {dense[metric]} " + "| " * len(sparsities) + "| |")
