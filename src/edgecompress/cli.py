@@ -247,27 +247,35 @@ def _prunable_cell(ok: bool, why: str) -> str:
 
 @app.command()
 def bench(
-    artifact: Path = typer.Argument(..., help="exported model: .onnx (ONNX Runtime), .pte (ExecuTorch) or .pt2 "
-                                               "(torch); or a run directory: its final model in both runtimes"),
+    artifacts: list[Path] = typer.Argument(..., help="exported model: .onnx (ONNX Runtime), .pte (ExecuTorch) or "
+                                                     ".pt2 (torch), several to compare them side by side; or a run "
+                                                     "directory: its final model in both runtimes"),
     threads: int = typer.Option(1, "--threads", min=1, help="runtime threads"),
     batch: int = typer.Option(1, "--batch", min=1, help="batch size"),
     repeats: int = typer.Option(100, "--repeats", min=1, help="timed runs"),
     warmup: int = typer.Option(10, "--warmup", min=0, help="untimed runs first"),
+    rounds: int = typer.Option(7, "--rounds", min=2, help="interleaved rounds when models are compared"),
     input_shape: str | None = typer.Option(None, "--input-shape", help="per-sample shape if not in the file"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow loading a run's pickled model (runs code)"),
     wide: bool = typer.Option(False, "--wide", help="for a run directory: also p95 latency and ExecuTorch's "
                                                     "delegation (the default fits 80 columns)"),
 ) -> None:
-    """Latency p50/p95, throughput and peak memory of an exported model in its runtime; for a run directory, its
-    final model in ONNX Runtime and ExecuTorch side by side (accuracy, size, latency, throughput)."""
+    """Latency p50/p95, throughput and peak memory of an exported model in its runtime; several models timed side
+    by side in interleaved rounds, with each one's speed-up over the first and its spread; for a run directory, its
+    final model in ONNX Runtime and ExecuTorch side by side (accuracy, size, latency, speed-up, throughput)."""
     from edgecompress.inspection import artifact_from_file
     from edgecompress.measure import benchmark
 
-    if artifact.is_dir():
-        _bench_runtimes(artifact, threads, batch, repeats, warmup, trust_pickle, wide)
+    if len(artifacts) == 1 and artifacts[0].is_dir():
+        _bench_runtimes(artifacts[0], threads, batch, repeats, warmup, rounds, trust_pickle, wide)
         return
+    shape_given = None if input_shape is None else _parse_shape(input_shape)
+    if len(artifacts) > 1:
+        _bench_files(artifacts, shape_given, threads, batch, repeats, warmup, rounds)
+        return
+    artifact = artifacts[0]
     try:
-        art, shape = artifact_from_file(artifact, None if input_shape is None else _parse_shape(input_shape))
+        art, shape = artifact_from_file(artifact, shape_given)
         res = benchmark(art, shape, threads=threads, batch=batch, warmup=warmup, repeats=repeats,
                         vocab_size=art.details.get("vocab_size"))
     except EdgeCompressError as err:
@@ -284,14 +292,46 @@ def bench(
     out_console.print(table)
 
 
-def _bench_runtimes(run_dir: Path, threads: int, batch: int, repeats: int, warmup: int, trust_pickle: bool,
-                    wide: bool) -> None:
+def _bench_files(paths: list[Path], shape: tuple[int, ...] | None, threads: int, batch: int, repeats: int,
+                 warmup: int, rounds: int) -> None:
+    """``bench A B ...``: the models timed side by side in interleaved rounds, each against the first."""
+    import statistics
+
+    from edgecompress.inspection import artifact_from_file
+    from edgecompress.measure.latency import interleaved, speedup
+    from edgecompress.report.table import fmt_speedup
+
+    try:
+        loaded = [artifact_from_file(p, shape) for p in paths]
+        shapes = {s for _, s in loaded}
+        if len(shapes) > 1:
+            raise EdgeCompressError(f"the models take different inputs: {', '.join(map(str, sorted(shapes)))}",
+                                    where=", ".join(map(str, paths)), fix="compare models of the same input shape")
+        arts = [a for a, _ in loaded]
+        per_round = interleaved(arts, loaded[0][1], threads=threads, batch=batch, rounds=rounds, repeats=repeats,
+                                warmup=warmup, vocab_size=arts[0].details.get("vocab_size"))
+    except EdgeCompressError as err:
+        _fail(err)
+    table = Table(title=f"side by side, {rounds} interleaved rounds ({plural(threads, 'thread')}, batch {batch})",
+                  box=box.SIMPLE_HEAD, title_justify="left")
+    for header, justify in (("model", "left"), ("runtime", "left"), ("size KiB", "right"), ("median ms", "right"),
+                            ("speed-up × (IQR)", "right")):
+        table.add_column(header, justify=justify)
+    for path, art, ms in zip(paths, arts, per_round):
+        table.add_row(escape(path.name), art.runtime, f"{art.size_bytes / 1024:,.1f}", f"{statistics.median(ms):.3f}",
+                      fmt_speedup(speedup(per_round[0], ms)))
+    table.caption = "speed-up over the first model: median of the per-round ratios; ≈1: no measurable difference"
+    out_console.print(table)
+
+
+def _bench_runtimes(run_dir: Path, threads: int, batch: int, repeats: int, warmup: int, rounds: int,
+                    trust_pickle: bool, wide: bool) -> None:
     """``bench RUN_DIR``: one table row per runtime and precision, all measured with the same settings."""
     from edgecompress.runcompare import compare_run
     from edgecompress.settings import ExportSettings
 
     try:
-        settings = ExportSettings(threads=threads, batch=batch, repeats=repeats, warmup=warmup)
+        settings = ExportSettings(threads=threads, batch=batch, repeats=repeats, warmup=warmup, rounds=rounds)
         rows = compare_run(run_dir, settings, trust_pickle=trust_pickle)
     except EdgeCompressError as err:
         _fail(err)
@@ -302,26 +342,32 @@ def _bench_runtimes(run_dir: Path, threads: int, batch: int, repeats: int, warmu
 def bench_table(rows: list[dict], title: str, wide: bool = False) -> Table:
     """``bench RUN_DIR``'s rows: the columns that fit 80 terminal columns, or with ``wide`` also p95 latency and
     ExecuTorch's delegation (XNNPACK nodes, operators left to the portable kernels)."""
+    from edgecompress.report.table import fmt_speedup
+
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold",
                   title=title, title_justify="left")
     metric = next((k for k in ("perplexity", "embedding_cosine") if any(k in r for r in rows)), "accuracy")
     header = {"perplexity": "PPL", "embedding_cosine": "cos\n%"}.get(metric, "acc\n%")  # language-model runs
     columns = [("artifact", "left"), ("runtime", "left"), ("precision", "left"), (header, "right"),
-               ("size\nKiB", "right"), ("p50\nms", "right"), ("samples\n/s", "right")]
+               ("size\nKiB", "right"), ("p50\nms", "right"), ("speed\n×", "right"), ("samples\n/s", "right")]
     if wide:
-        columns[6:6] = [("p95\nms", "right")]
+        columns[7:7] = [("p95\nms", "right")]
         columns += [("XNNPACK\nnodes", "right"), ("portable ops", "left")]
     for header, justify in columns:
         table.add_column(header, justify=justify, no_wrap=justify == "right")
     for r in rows:
         value = "-" if metric not in r else f"{r[metric]:.2f}" if metric == "perplexity" else f"{100 * r[metric]:.2f}"
-        cells = [r["source"], r["runtime"], r["precision"], value,
-                 f"{r['size_bytes'] / 1024:,.1f}", f"{r['latency_p50_ms']:.3f}", f"{r['throughput_sps']:,.0f}"]
+        cells = [r["source"], r["runtime"], r["precision"], value, f"{r['size_bytes'] / 1024:,.1f}",
+                 f"{r['latency_p50_ms']:.3f}", fmt_speedup(r.get("speedup"), short=not wide), f"{r['throughput_sps']:,.0f}"]
         if wide:
-            cells[6:6] = [f"{r['latency_p95_ms']:.3f}"]
+            cells[7:7] = [f"{r['latency_p95_ms']:.3f}"]
             cells += [str(r.get("xnnpack_nodes", "-")),
                       ", ".join(f"{op} x{n}" for op, n in r.get("portable_ops", {}).items()) or "-"]
         table.add_row(*(escape(c) for c in cells))
+    rounds = next((r["speedup"]["rounds"] for r in rows if "speedup" in r), None)
+    if rounds:
+        table.caption = (f"speed ×: over the first row, the median of {rounds} interleaved rounds"
+                         f"{' (interquartile range)' if wide else ''}; ≈1: no measurable difference")
     return table
 
 

@@ -27,6 +27,7 @@ from edgecompress.tasks import Task, call
 from edgecompress.tasks.classification import ClassificationTask
 from edgecompress.export import Artifact, export
 from edgecompress.measure import layer_table, measure
+from edgecompress.measure.latency import interleaved, speedup
 from edgecompress.recipe import Recipe
 from edgecompress.settings import ExportSettings
 from edgecompress.ui import console
@@ -302,11 +303,29 @@ class Pipeline:
             log.warning("the final model does not run on %s: %s", self.device, reason)
             return {"gpu_metrics_error": f"not measured on {self.device}: {reason}"}
 
+    def _artifact(self, entry: dict) -> Artifact:
+        """The artifact a history entry recorded (its paths are inside the run directory)."""
+        inside = functools.partial(rundir.child, self.out)
+        return Artifact.from_json({**entry["artifact"], "path": str(inside(entry["artifact"]["path"])),
+                                   "extra_files": [str(inside(p)) for p in entry["artifact"]["extra_files"]]})
+
+    def _speedups(self, history: list[dict]) -> None:
+        """Every stage's artifact timed side by side with the baseline's in interleaved rounds (one process): each
+        entry's ``metrics["speedup"]`` is the median per-round ratio to the baseline with its interquartile range."""
+        if len(history) < 2:
+            return
+        s = self.export
+        console.print(f"timing the {len(history)} artifacts side by side ({s.rounds} interleaved rounds)")
+        per_round = interleaved([self._artifact(h) for h in history], self.task.input_shape, threads=s.threads,
+                                batch=s.batch, rounds=s.rounds, repeats=s.repeats, warmup=s.warmup,
+                                vocab_size=getattr(self.task, "vocab_size", None))
+        for entry, ms in zip(history, per_round):
+            entry["metrics"]["speedup"] = speedup(per_round[0], ms)
+
     def _finish(self, history: list[dict], model: nn.Module, started: float) -> RunResult:
         final = history[-1]
         inside = functools.partial(rundir.child, self.out)
-        artifact = Artifact.from_json({**final["artifact"], "path": str(inside(final["artifact"]["path"])),
-                                       "extra_files": [str(inside(p)) for p in final["artifact"]["extra_files"]]})
+        artifact = self._artifact(final)
         dest = inside("artifacts")
         dest.mkdir(exist_ok=True)
         for f in artifact.files:
@@ -321,6 +340,7 @@ class Pipeline:
             complete_hf_dir(model, dest, spec.hf if spec is not None else None)
         if self.device.type == "cuda" and self.task.kind not in registry.TOKEN_TASK_KINDS:
             final["metrics"].update(self._gpu_metrics(model))
+        self._speedups(history)
         summary = summarize(history, self.task.metric, self.task.higher_is_better)
         summary["run_seconds"] = round(time.perf_counter() - started, 2)
         summary["baseline_warning"] = self._baseline_warning(history[0])

@@ -5,7 +5,7 @@ the two run-level uses of that: ``export.format: fastest`` (:func:`resolve_faste
 ``compare_runtimes`` exports the model (and, on request, its static INT8 version from ``quant.ptq``) in each
 runtime's format and measures every artifact the same way (:func:`edgecompress.measure.measure_artifact`):
 accuracy in its runtime, bytes on disk, latency p50/p95 and throughput in a fresh benchmark process with the same
-threads and batch. This module sits above ``measure`` and ``runtimes``: it builds models, tasks and INT8 artifacts
+threads and batch; the speed-ups between them come from timing them side by side in interleaved rounds. This module sits above ``measure`` and ``runtimes``: it builds models, tasks and INT8 artifacts
 from recipes and stages.
 """
 
@@ -19,6 +19,7 @@ from torch import nn
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure import measure_artifact
+from edgecompress.measure.latency import interleaved, speedup
 from edgecompress.runtimes import Artifact, all_runtimes, export, get
 from edgecompress.settings import ExportSettings
 from edgecompress.tasks import Task
@@ -49,24 +50,40 @@ def runtime_artifacts(model: nn.Module, task: Task, settings: ExportSettings, ou
     return artifacts
 
 
+def measure_side_by_side(artifacts: Sequence[Artifact], task: Task, settings: ExportSettings, *,
+                         accuracy: bool = True, throughput_batch: int | None = None) -> list[dict[str, Any]]:
+    """One row per artifact (``measure_artifact``, the same settings), and with several, each one's ``speedup``
+    over the first: artifacts timed side by side in interleaved rounds (median per-round ratio and quartiles)."""
+    rows = [measure_artifact(a, task, settings, accuracy=accuracy, throughput_batch=throughput_batch)
+            for a in artifacts]
+    if len(artifacts) > 1:
+        per_round = interleaved(artifacts, task.input_shape, threads=settings.threads, batch=settings.batch,
+                                rounds=settings.rounds, repeats=settings.repeats, warmup=settings.warmup,
+                                vocab_size=getattr(task, "vocab_size", None))
+        for row, ms in zip(rows, per_round):
+            row["speedup"] = speedup(per_round[0], ms)
+    return rows
+
+
 def compare_runtimes(model: nn.Module, task: Task, settings: ExportSettings, out_dir: Path, *,
                      runtimes: Sequence[str] | None = None, int8: bool = False, accuracy: bool = True,
                      throughput_batch: int | None = None) -> list[dict[str, Any]]:
-    """One row per (runtime, precision): ``measure_artifact`` of each artifact, with the same settings.
-    ``runtimes`` defaults to the compared ones."""
-    return [measure_artifact(a, task, settings, accuracy=accuracy, throughput_batch=throughput_batch)
-            for runtime in (compared_runtimes() if runtimes is None else runtimes)
-            for a in runtime_artifacts(model, task, settings, out_dir, runtime, int8)]
+    """One row per (runtime, precision), measured side by side (:func:`measure_side_by_side`). ``runtimes``
+    defaults to the compared ones."""
+    artifacts = [a for runtime in (compared_runtimes() if runtimes is None else runtimes)
+                 for a in runtime_artifacts(model, task, settings, out_dir, runtime, int8)]
+    return measure_side_by_side(artifacts, task, settings, accuracy=accuracy, throughput_batch=throughput_batch)
 
 
 def resolve_fastest(model: nn.Module, task: Task, settings: ExportSettings,
                     out_dir: Path) -> tuple[ExportSettings, dict[str, Any]]:
-    """``export.format: fastest`` -> the format whose runtime runs ``model`` with the lowest p50 latency (FP32,
+    """``export.format: fastest`` -> the format whose runtime runs ``model`` fastest, timed side by side (FP32,
     the recipe's threads and batch). Returns the resolved settings and the record of every measurement."""
     rows = compare_runtimes(model, task, settings, out_dir, accuracy=False)
-    best = min(rows, key=lambda row: row["latency_p50_ms"])
+    best = max(rows, key=lambda row: row.get("speedup", {}).get("median", 1.0))
     choice = {"chosen": best["runtime"], "format": best["format"],
-              "by": f"baseline p50 latency, batch {settings.batch}, {settings.threads} thread(s)", "candidates": rows}
+              "by": f"baseline latency timed side by side ({settings.rounds} interleaved rounds), batch "
+                    f"{settings.batch}, {settings.threads} thread(s)", "candidates": rows}
     return runtime_settings(settings, best["runtime"]), choice
 
 
@@ -93,17 +110,17 @@ def compare_run(run_dir: Path, settings: ExportSettings, *, trust_pickle: bool =
         return baseline.load(recipe, task, trust_pickle=trust_pickle, train=False)
 
     own = _run_artifact(run_dir, final)
-    rows = [{**measure_artifact(own, task, settings), "source": "the run's artifact"}]
     model = load_model(run_dir / "artifacts", build).eval()
     out, int8 = run_dir / "runtime-compare", own.precision == "int8"
+    items = [(own, "the run's artifact")]
     if int8:
-        rows += [{**row, "source": "re-export (FP32)"}
-                 for row in compare_runtimes(model, task, settings, out, runtimes=[own.runtime])]
-    if isinstance(task.example_inputs(1), dict):  # token inputs: exported to ONNX only (see llm.export)
-        return rows
-    others = [name for name in compared_runtimes() if name != own.runtime]
-    return rows + [{**row, "source": "re-export" + (" (default quant.ptq)" if row["precision"] == "int8" else "")}
-                   for row in compare_runtimes(model, task, settings, out, runtimes=others, int8=int8)]
+        items += [(a, "re-export (FP32)") for a in runtime_artifacts(model, task, settings, out, own.runtime, False)]
+    if not isinstance(task.example_inputs(1), dict):  # token inputs: exported to ONNX only (see llm.export)
+        items += [(a, "re-export" + (" (default quant.ptq)" if a.precision == "int8" else ""))
+                  for name in compared_runtimes() if name != own.runtime
+                  for a in runtime_artifacts(model, task, settings, out, name, int8)]
+    rows = measure_side_by_side([a for a, _ in items], task, settings)
+    return [{**row, "source": source} for row, (_, source) in zip(rows, items)]
 
 
 def _run_artifact(run_dir: Path, final: dict[str, Any]) -> Artifact:

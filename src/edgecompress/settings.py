@@ -32,6 +32,8 @@ class ExportSettings(BaseModel):
     batch: int = Field(1, ge=1, le=4096, description="batch size for latency/throughput")
     warmup: int = Field(10, ge=0, description="untimed runs before timing")
     repeats: int = Field(50, ge=1, description="timed runs")
+    rounds: int = Field(7, ge=2, le=100, description="interleaved rounds when artifacts are compared side by side "
+                                                     "(a speed-up is the median per-round ratio, with its spread)")
 
     @model_validator(mode="before")
     @classmethod

@@ -34,8 +34,11 @@ def summarize(history: list[dict[str, Any]], metric: str = "accuracy", higher_is
               ) -> dict[str, Any]:
     """Final vs baseline; ``accuracy_drop_points`` is the drop of the task's headline ``metric`` (a fraction where
     higher is better: accuracy, or top-1 agreement with the original model on unlabeled data) in percentage
-    points; ``metric_change_pct`` is the relative change of any metric (perplexity, say)."""
+    points; ``metric_change_pct`` is the relative change of any metric (perplexity, say). ``latency_speedup`` is the
+    median ratio of the interleaved rounds (``latency_speedup_spread``: its quartiles, and whether it is measurable)
+    where the run timed them, else the ratio of the two p50 latencies."""
     base, final = history[0]["metrics"], history[-1]["metrics"]
+    spread = final.get("speedup") if isinstance(final.get("speedup"), dict) else None  # interleaved with baseline
     drop = change = None
     if metric in base and metric in final:
         drop = round((base[metric] - final[metric]) * 100, 3) if higher_is_better else None
@@ -47,7 +50,8 @@ def summarize(history: list[dict[str, Any]], metric: str = "accuracy", higher_is
         "macs_reduction": _ratio(base.get("macs"), final.get("macs")),
         "params_reduction": _ratio(base.get("params"), final.get("params")),
         "accuracy_drop_points": drop,
-        "latency_speedup": _ratio(base.get("latency_p50_ms"), final.get("latency_p50_ms")),
+        "latency_speedup": spread["median"] if spread else _ratio(base.get("latency_p50_ms"), final.get("latency_p50_ms")),
+        "latency_speedup_spread": spread,
         "total_seconds": round(sum(h["metrics"].get("stage_seconds", 0.0) for h in history), 2),
         "compression_cost": compression_cost(history),
     }

@@ -2,7 +2,8 @@
 
 Started by :func:`edgecompress.measure.latency.benchmark` as a script, ``python -P _bench_worker.py '<json>'``,
 with the keys entry (the runtime's ``bench`` function, ``module:function``), path, input_shape, threads, batch,
-warmup, repeats, and optionally vocab_size: then the input is token ids ``[batch, *input_shape]`` drawn below
+warmup, repeats (or, to compare several artifacts in interleaved rounds, ``artifacts``: [{entry, path}, ...] and
+rounds: see :func:`run_interleaved`), and optionally vocab_size: then the input is token ids ``[batch, *input_shape]`` drawn below
 vocab_size with an all-ones attention mask (a dict ``input_ids``/``attention_mask`` of int64), not float noise. It is run by path, not with ``-m``, because importing the ``edgecompress`` package imports torch
 and the whole toolkit: this file imports only the standard library, numpy and the runtime's module with what it
 needs (no torch for ONNX), so it starts fast.
@@ -72,16 +73,46 @@ def load_entry(spec: str) -> Callable[[str, int], Callable[[], Runner]]:
     return getattr(importlib.import_module(module), name)
 
 
-def run(cfg: dict) -> dict:
-    """Load the artifact, run warmup + repeats on a fixed random batch, return timing and memory."""
-    load = load_entry(cfg["entry"])(cfg["path"], cfg["threads"])
-    batch = cfg["batch"]
-    rng, shape = np.random.default_rng(0), (batch, *cfg["input_shape"])
+def _input(cfg: dict) -> np.ndarray | dict[str, np.ndarray]:
+    """The fixed random batch every timed run gets (token ids with ``vocab_size``, else float noise)."""
+    rng, shape = np.random.default_rng(0), (cfg["batch"], *cfg["input_shape"])
     if cfg.get("vocab_size"):
         ids = rng.integers(0, cfg["vocab_size"], shape, dtype=np.int64)
-        x = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    else:
-        x = rng.standard_normal(shape, dtype=np.float32)
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def run_interleaved(cfg: dict) -> dict:
+    """Several artifacts (``artifacts``: a list of {entry, path}) loaded side by side and timed in ``rounds``
+    rounds of ``repeats`` runs each, artifact after artifact (each round starts at the next artifact, so none is
+    always first): machine load that comes and goes hits all of them alike. Returns ``rounds_ms``: per round, the
+    median latency of each artifact in milliseconds."""
+    runners = [load_entry(a["entry"])(a["path"], cfg["threads"])() for a in cfg["artifacts"]]
+    x, n = _input(cfg), len(runners)
+    for runner in runners:
+        for _ in range(cfg["warmup"]):
+            runner(x)
+    rounds = []
+    for r in range(cfg["rounds"]):
+        medians = [0.0] * n
+        for i in [(r + k) % n for k in range(n)]:
+            times = []
+            for _ in range(cfg["repeats"]):
+                t = time.perf_counter()
+                runners[i](x)
+                times.append(time.perf_counter() - t)
+            medians[i] = float(np.median(times)) * 1e3
+        rounds.append(medians)
+    return {"rounds_ms": rounds}
+
+
+def run(cfg: dict) -> dict:
+    """Load the artifact, run warmup + repeats on a fixed random batch, return timing and memory."""
+    if "artifacts" in cfg:
+        return run_interleaved(cfg)
+    load = load_entry(cfg["entry"])(cfg["path"], cfg["threads"])
+    batch = cfg["batch"]
+    x = _input(cfg)
     baseline_kib = _status_kib("VmRSS")
     _reset_peak_rss()
     t0 = time.perf_counter()

@@ -1,15 +1,19 @@
 """Latency, throughput and peak memory of an artifact in its runtime, timed in a separate process.
 
 A fresh process per benchmark keeps the numbers honest: no memory of the calling process (the PyTorch model,
-the data) counts as the artifact's, and the runtime gets the thread count it is asked for. The worker runs as
-a script (``python -P``, so its folder does not shadow modules on sys.path) to keep torch out of ONNX runs, and
-calls the ``bench`` entry of the artifact's registered runtime.
+the data) counts as the artifact's, and the runtime gets the thread count it is asked for. Artifacts that are
+compared (a stage against the baseline, one runtime against another) are timed by :func:`interleaved` instead: side
+by side in one process, in alternating rounds, so that load on a shared machine hits them alike; a speed-up is
+the median of the per-round ratios with its interquartile range (:func:`speedup`), and one whose range crosses 1.0
+is no measurable difference. The worker runs as a script (``python -P``, so its folder does not shadow modules on
+sys.path) to keep torch out of ONNX runs, and calls the ``bench`` entry of the artifact's registered runtime.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -26,6 +30,22 @@ if TYPE_CHECKING:
 WORKER = Path(__file__).with_name("_bench_worker.py")
 
 
+def _check_files(artifact: Artifact) -> None:
+    for f in artifact.files:
+        if not Path(f).is_file():
+            raise EdgeCompressError("artifact file not found", where=str(f), fix="export the model again")
+
+
+def _run_worker(cfg: dict, threads: int, where: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-P", str(WORKER), json.dumps(cfg)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise EdgeCompressError(f"benchmark worker failed: {exit_reason(proc)}", where=where,
+                                fix="check that the artifact runs: artifact.runner()(batch)")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def benchmark(artifact: Artifact, input_shape: Sequence[int], *, threads: int = 1, batch: int = 1,
               warmup: int = 10, repeats: int = 50, vocab_size: int | None = None) -> dict[str, float | None]:
     """Time ``artifact`` on a fixed random float32 batch of shape ``[batch, *input_shape]`` (with ``vocab_size``:
@@ -36,16 +56,41 @@ def benchmark(artifact: Artifact, input_shape: Sequence[int], *, threads: int = 
     batch / mean latency), peak_memory_mb (model load + inference in MiB, the runtime's import excluded),
     load_s (model load time) and rapl_energy_mj (RAPL energy per sample, None where RAPL is not readable).
     """
-    for f in artifact.files:
-        if not Path(f).is_file():
-            raise EdgeCompressError("artifact file not found", where=str(f), fix="export the model again")
+    _check_files(artifact)
     cfg = {"entry": get(artifact.runtime).bench_entry, "path": str(artifact.path), "input_shape": list(input_shape),
            "threads": threads, "batch": batch, "warmup": warmup, "repeats": repeats, "vocab_size": vocab_size}
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-P", str(WORKER), json.dumps(cfg)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        raise EdgeCompressError(f"benchmark worker failed: {exit_reason(proc)}", where=str(artifact.path),
-                                fix="check that the artifact runs: artifact.runner()(batch)")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _run_worker(cfg, threads, str(artifact.path))
+
+
+def interleaved(artifacts: Sequence[Artifact], input_shape: Sequence[int], *, threads: int = 1, batch: int = 1,
+                rounds: int = 7, repeats: int = 50, warmup: int = 10, vocab_size: int | None = None
+                ) -> list[list[float]]:
+    """Time ``artifacts`` side by side in one fresh process: ``rounds`` rounds, each running every artifact
+    ``max(3, repeats // rounds)`` times in turn (so about ``repeats`` timed runs each in all). Returns, per
+    artifact, the median latency of each round in milliseconds (ms per batch of ``batch``)."""
+    for artifact in artifacts:
+        _check_files(artifact)
+    cfg = {"artifacts": [{"entry": get(a.runtime).bench_entry, "path": str(a.path)} for a in artifacts],
+           "input_shape": list(input_shape), "threads": threads, "batch": batch, "warmup": warmup,
+           "rounds": rounds, "repeats": max(3, repeats // rounds), "vocab_size": vocab_size}
+    by_round = _run_worker(cfg, threads, ", ".join(str(a.path) for a in artifacts))["rounds_ms"]
+    return [list(column) for column in zip(*by_round)]
+
+
+def speedup(reference_ms: Sequence[float], ms: Sequence[float]) -> dict[str, float | int | bool]:
+    """How much faster ``ms`` is than ``reference_ms`` (per-round latencies of :func:`interleaved`): the median of
+    the per-round ratios, their quartiles ``q1``/``q3``, the number of rounds, and ``measurable``: False when the
+    interquartile range includes 1.0 (no measurable difference)."""
+    ratios = sorted(r / m for r, m in zip(reference_ms, ms, strict=True))
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return {"median": round(statistics.median(ratios), 3), "q1": round(q1, 3), "q3": round(q3, 3),
+            "rounds": len(ratios), "measurable": not q1 <= 1.0 <= q3}
+
+
+def describe_speedup(s: dict | None) -> str:
+    """``1.46x (1.40-1.52)``, with ``: no measurable difference`` when the range crosses 1.0; ``—`` for None."""
+    if not s:
+        return "—"
+    text = f"{s['median']:.2f}x ({s['q1']:.2f}–{s['q3']:.2f})"
+    return text if s["measurable"] else f"{text}: no measurable difference"
 

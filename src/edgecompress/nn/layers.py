@@ -21,10 +21,16 @@ def is_depthwise(m: object) -> bool:
 
 
 def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph of ``model`` (traced with autograd; the training flag is restored)."""
+    """torch-pruning's dependency graph of ``model`` (traced with autograd, so frozen parameters are unfrozen for
+    the trace; the training flag and the frozen flags are restored)."""
     was_training = model.training
+    frozen = [p for p in model.parameters() if not p.requires_grad]
     try:
         with torch.enable_grad():
+            for p in frozen:
+                p.requires_grad_(True)
             return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
     finally:
         model.train(was_training)
+        for p in frozen:
+            p.requires_grad_(False)

@@ -37,6 +37,7 @@ from edgecompress.prune.iterative import (
     IterativeConfig,
     Setup,
     StepPolicy,
+    aligned,
     finetune_step,
     prepare,
     resolve_ratio,
@@ -201,6 +202,7 @@ def prune_ice(model: nn.Module, config: IceConfig, ctx: StageContext) -> nn.Modu
 
     task = ctx.require_task(STAGE)
     wall, cpu = time.perf_counter(), time.process_time()
+    config = aligned(config, ctx, STAGE)
     ratio = resolve_ratio(model, task, config, STAGE)
     search = {"seconds": 0.0}
     if config.search:

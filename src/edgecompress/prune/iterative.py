@@ -19,15 +19,16 @@ from torch import nn
 from edgecompress.context import StageContext
 from edgecompress.tasks import Task
 from edgecompress.measure.counts import count_macs, count_params
+from edgecompress.prune import align
 from edgecompress.prune.analysis import ratio_or_macs_target
 from edgecompress.prune.steps import Plan, find_groups, make_plan, prune_group, ratio_for_macs
-from edgecompress.registry import CPU_AND_CUDA, StageConfig, register
+from edgecompress.registry import CPU_AND_CUDA, register
 from edgecompress.train import accuracy, train
 
 STAGE = "prune.iterative"
 
 
-class IterativeConfig(StageConfig):
+class IterativeConfig(align.AlignedConfig):
     """Settings of ``prune.iterative``: the target, how it is split into steps, and the fine-tuning per step."""
 
     target_ratio: float | None = Field(
@@ -92,11 +93,24 @@ class Setup:
 
 
 def resolve_ratio(model: nn.Module, task: Task, config: IterativeConfig, where: str) -> float:
-    """The final channel ratio: ``target_ratio``, or the smallest one that meets ``target_macs_ratio``."""
+    """The final channel ratio: ``target_ratio``, or the smallest one that meets ``target_macs_ratio`` (with
+    ``round_to`` already resolved to a number, see :func:`aligned`)."""
     if config.target_macs_ratio is None:
         return config.target_ratio
     example = task.example_inputs(1).to(next(model.parameters()).device)
-    return ratio_for_macs(model, example, config.ignored_layers, config.target_macs_ratio, where)
+    return ratio_for_macs(model, example, config.ignored_layers, config.target_macs_ratio, where,
+                          multiple=channel_multiple(config))
+
+
+def channel_multiple(config: IterativeConfig) -> int:
+    """``round_to`` as a number (``auto`` not resolved by :func:`aligned`: ONNX Runtime's multiple on this CPU)."""
+    return config.round_to if isinstance(config.round_to, int) else align.resolve("auto", "onnxruntime", STAGE)
+
+
+def aligned(config: IterativeConfig, ctx: StageContext, where: str) -> IterativeConfig:
+    """``config`` with ``round_to: auto`` resolved to the export runtime's channel multiple on this CPU."""
+    return config.model_copy(update={"round_to": align.resolve(config.round_to, ctx.export.runtime,
+                                                               f"{where}.round_to")})
 
 
 def prepare(model: nn.Module, task: Task, teacher: nn.Module | None, config: IterativeConfig, where: str,
@@ -107,7 +121,7 @@ def prepare(model: nn.Module, task: Task, teacher: nn.Module | None, config: Ite
     model = copy.deepcopy(model).eval()
     example = task.example_inputs(1).to(next(model.parameters()).device)
     graph, groups = find_groups(model, example, config.ignored_layers, where)
-    plan = make_plan(graph, groups, ratio, config.mode, config.steps)
+    plan = make_plan(graph, groups, ratio, config.mode, config.steps, channel_multiple(config))
     if plan.clamped:
         warnings.warn(f"{where}: ratio {ratio:.3f} would remove every channel of {', '.join(plan.clamped)}; "
                       "each keeps one channel instead", stacklevel=2)
@@ -165,7 +179,7 @@ def summarise(setup: Setup, original: nn.Module, loop: dict, wall: float, cpu: f
         "clamped_groups": setup.plan.clamped, "params_before": count_params(original),
         "params_after": count_params(setup.model), "macs_before": count_macs(original, setup.example),
         "macs_after": count_macs(setup.model, setup.example), **loop,
-        "seconds": round(wall, 3), "cpu_seconds": round(cpu, 3),
+        "seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "round_to": setup.plan.multiple,
     }
 
 
@@ -179,6 +193,7 @@ def prune_iterative(model: nn.Module, config: IterativeConfig, ctx: StageContext
     """
     task = ctx.require_task(STAGE)
     wall, cpu = time.perf_counter(), time.process_time()
+    config = aligned(config, ctx, STAGE)
     setup = prepare(model, task, ctx.teacher, config, STAGE)
     loop = run_steps(setup, config, StepPolicy(config.lr), seed=ctx.seed, progress=ctx.progress)
     ctx.info.update(summarise(setup, model, loop, time.perf_counter() - wall, time.process_time() - cpu))

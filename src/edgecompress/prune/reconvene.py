@@ -28,16 +28,17 @@ from torch import nn
 from edgecompress.context import StageContext
 from edgecompress.tasks import Task
 from edgecompress.nn.layers import build_graph
+from edgecompress.prune import align
 from edgecompress.prune.analysis import output_layers
 from edgecompress.prune.pai import PaIConfig, Score, pai_masks
-from edgecompress.registry import StageConfig, register
+from edgecompress.registry import register
 from edgecompress.train import mask_zeros, train
 
 STAGE = "prune.reconvene"
 _CONV = nn.modules.conv._ConvNd
 
 
-class ReconveneConfig(StageConfig):
+class ReconveneConfig(align.AlignedConfig):
     """Settings of ``prune.reconvene``. Follow with ``finetune`` (keep_zeros: true) to train the result."""
 
     score: Score = Field("snip", description="PaI score of the starting mask: snip | grasp | synflow | magnitude | random")
@@ -66,9 +67,10 @@ def _loss(model: nn.Module, task: Task) -> float:
         return float(task.loss(model, task.val.tensors))
 
 
-def _structure(model: nn.Module, names: list[str], example: torch.Tensor, min_channels: int, rule: str = "sqrt") -> dict[str, list[int]]:
+def _structure(model: nn.Module, names: list[str], example: torch.Tensor, min_channels: int, rule: str = "sqrt",
+               multiple: int = 1) -> dict[str, list[int]]:
     """Turn the named (zero-masked) convs into dense convs with ceil(sqrt(density) * C) (rule 'sqrt') or
-    ceil(density * C) channels, in place, and rectify.
+    ceil(density * C) channels (rounded to ``multiple``, :func:`align.aligned_keep`), in place, and rectify.
 
     Returns {layer: [channels before, after]}. Zeros elsewhere stay (re-applied after re-initialization).
     """
@@ -82,6 +84,7 @@ def _structure(model: nn.Module, names: list[str], example: torch.Tensor, min_ch
         density = float(alive.sum()) / conv.weight.numel()
         fraction = math.sqrt(density) if rule == "sqrt" else density
         keep = min(conv.out_channels, max(min_channels, math.ceil(fraction * conv.out_channels)))
+        keep = align.aligned_keep(keep, conv.out_channels, multiple)
         drop = sorted(torch.argsort(alive, descending=True, stable=True)[keep:].tolist())
         channels[name] = [conv.out_channels, keep]
         if drop:
@@ -128,6 +131,7 @@ def prune_reconvene(model: nn.Module, config: ReconveneConfig, ctx: StageContext
     """
     task = ctx.require_task(STAGE)
     start = time.perf_counter()
+    multiple = align.resolve(config.round_to, ctx.export.runtime, f"{STAGE}.round_to")
     model = copy.deepcopy(model)
     masks = pai_masks(model, PaIConfig(score=config.score, sparsity=config.sparsity, batch_size=config.batch_size),
                       task, ctx.seed)
@@ -145,15 +149,15 @@ def prune_reconvene(model: nn.Module, config: ReconveneConfig, ctx: StageContext
         base = _probe(model, task, config, ctx.seed)
         for n in candidates:
             trial = copy.deepcopy(model)
-            _structure(trial, [n], example, config.min_channels, config.channel_rule)
+            _structure(trial, [n], example, config.min_channels, config.channel_rule, multiple)
             sensitivity[n] = (_probe(trial, task, config, ctx.seed) - base) / max(base, 1e-8)
         chosen = [n for n in candidates if sensitivity[n] <= config.tolerance]
     else:
         chosen = list(candidates)
-    channels = _structure(model, chosen, example, config.min_channels, config.channel_rule)
+    channels = _structure(model, chosen, example, config.min_channels, config.channel_rule, multiple)
     ctx.info.update({
         "score": config.score, "sparsity": config.sparsity, "density": density, "sensitivity": sensitivity,
         "structured": channels, "kept_unstructured": [n for n in candidates if n not in chosen],
-        "seconds": time.perf_counter() - start,
+        "seconds": time.perf_counter() - start, "round_to": multiple,
     })
     return model

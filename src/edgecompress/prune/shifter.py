@@ -33,8 +33,9 @@ from edgecompress.measure.counts import count_params
 from edgecompress.nn.bn import fold_batchnorms
 from edgecompress.nn.capture import capture
 from edgecompress.nn.layers import build_graph, is_depthwise, weight_layers
+from edgecompress.prune import align
 from edgecompress.prune.analysis import output_layers
-from edgecompress.registry import StageConfig, register
+from edgecompress.registry import register
 
 STAGE = "prune.shifter"
 _CONV = nn.modules.conv._ConvNd
@@ -42,7 +43,7 @@ _BLOCKING = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm, 
              nn.MultiheadAttention, nn.RNNBase)
 
 
-class ShifterConfig(StageConfig):
+class ShifterConfig(align.AlignedConfig):
     """Settings of ``prune.shifter`` (no data needed: only the input shape, taken from the task if given)."""
 
     input_shape: list[int] | None = Field(
@@ -137,10 +138,12 @@ def _apply_corrections(plan: _Plan) -> None:
         module.bias.add_(delta)
 
 
-def shift(model: nn.Module, example: torch.Tensor, fold_bn: bool = True) -> tuple[nn.Module, dict]:
+def shift(model: nn.Module, example: torch.Tensor, fold_bn: bool = True, multiple: int = 1) -> tuple[nn.Module, dict]:
     """Return a copy of ``model`` with every removable all-zero channel physically gone, plus a report dict.
 
-    ``example``: any input batch of the right shape (its values do not matter; random is fine).
+    ``example``: any input batch of the right shape (its values do not matter; random is fine). With ``multiple``
+    > 1 a layer keeps enough of its dead channels that its channel count is a multiple of it (rounded up:
+    live channels never go), see :mod:`edgecompress.prune.align`.
     """
     start = time.perf_counter()
     model = copy.deepcopy(model).eval()
@@ -159,6 +162,10 @@ def shift(model: nn.Module, example: torch.Tensor, fold_bn: bool = True) -> tupl
             continue
         fn = tp.prune_conv_out_channels if isinstance(root, _CONV) else tp.prune_linear_out_channels
         plan = _plan(graph.get_pruning_group(root, fn, idxs=dead), graph, outputs, names, model, example)
+        channels = graph.get_out_channels(root)
+        for extra in sorted(plan.ok)[: align.aligned_keep(channels - len(plan.ok), channels, multiple, up=True)
+                                     - (channels - len(plan.ok))]:
+            plan.drop(extra, f"kept for channel alignment (multiples of {multiple})")
         if plan.reasons:
             report["kept_dead"][name] = {str(k): v for k, v in sorted(plan.reasons.items())}
         if plan.ok:
@@ -192,6 +199,8 @@ def prune_shifter(model: nn.Module, config: ShifterConfig, ctx: StageContext) ->
                                 fix="give input_shape: [C, H, W] or pass a task")
     device = next(model.parameters()).device
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(ctx.seed)).to(device)
-    shifted, report = shift(model, example, config.fold_bn)
+    multiple = align.resolve(config.round_to, ctx.export.runtime, f"{STAGE}.round_to")
+    shifted, report = shift(model, example, config.fold_bn, multiple)
+    report["round_to"] = multiple
     ctx.info.update(report)
     return shifted

@@ -24,6 +24,7 @@ from torch import nn
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs
 from edgecompress.nn.layers import build_graph
+from edgecompress.prune.align import aligned_keep
 from edgecompress.prune.analysis import output_layers, resolve_layers
 
 _IMPORTANCE = tp.importance.MagnitudeImportance(p=1)
@@ -45,6 +46,7 @@ class Plan:
     groups: list[Group]
     steps: list[list[tuple[int, int]]]
     clamped: list[str] = field(default_factory=list)  # groups whose keep count was raised to 1 channel
+    multiple: int = 1  # channel counts are rounded to multiples of this (prune.align)
 
     def channel_ratio(self) -> float:
         """Fraction of the groups' output channels removed so far."""
@@ -76,23 +78,25 @@ def find_groups(model: nn.Module, example: torch.Tensor, ignored: list[str], whe
     return graph, [g for _, g in sorted(groups, key=lambda item: item[0])]
 
 
-def final_keep(groups: list[Group], ratio: float) -> tuple[list[int], list[str]]:
+def final_keep(groups: list[Group], ratio: float, multiple: int = 1) -> tuple[list[int], list[str]]:
     """Channels each group keeps at the target ``ratio``: ``C - ceil(ratio * C)`` as in the paper, but at
-    least one (a group may not vanish); returns the counts and the names of the groups that were clamped."""
+    least one (a group may not vanish), rounded to ``multiple`` (:func:`aligned_keep`); returns the counts and
+    the names of the groups that were clamped."""
     keep, clamped = [], []
     for g in groups:
         k = g.channels - math.ceil(ratio * g.channels - 1e-9)
         if k < 1:
             clamped.append(g.name)
-        keep.append(max(1, k))
+        keep.append(aligned_keep(max(1, k), g.channels, multiple))
     return keep, clamped
 
 
 def make_plan(graph: tp.DependencyGraph, groups: list[Group], ratio: float,
-              mode: Literal["block", "uniform"], steps: int | None) -> Plan:
+              mode: Literal["block", "uniform"], steps: int | None, multiple: int = 1) -> Plan:
     """block: groups in network order, split into ``steps`` consecutive chunks (default one group a step),
-    each pruned to its final count in its step; uniform: every group loses an equal share each step."""
-    keep, clamped = final_keep(groups, ratio)
+    each pruned to its final count in its step; uniform: every group loses an equal share each step. Every
+    count is rounded to ``multiple``."""
+    keep, clamped = final_keep(groups, ratio, multiple)
     if mode == "block":
         count = min(steps or len(groups), len(groups))
         if steps and steps > len(groups):
@@ -102,9 +106,9 @@ def make_plan(graph: tp.DependencyGraph, groups: list[Group], ratio: float,
         plan = [[(int(i), keep[i]) for i in chunk] for chunk in chunks]
     else:
         count = steps or 6
-        plan = [[(i, g.channels - round((g.channels - keep[i]) * k / count)) for i, g in enumerate(groups)]
-                for k in range(1, count + 1)]
-    return Plan(graph, groups, plan, clamped)
+        plan = [[(i, aligned_keep(g.channels - round((g.channels - keep[i]) * k / count), g.channels, multiple))
+                 for i, g in enumerate(groups)] for k in range(1, count + 1)]
+    return Plan(graph, groups, plan, clamped, multiple)
 
 
 def prune_group(graph: tp.DependencyGraph, group: Group, keep: int) -> None:
@@ -117,25 +121,30 @@ def prune_group(graph: tp.DependencyGraph, group: Group, keep: int) -> None:
     graph.get_pruning_group(group.root, group.fn, drop).prune()
 
 
-def macs_ratio_at(model: nn.Module, example: torch.Tensor, ignored: list[str], ratio: float, where: str) -> float:
+def macs_ratio_at(model: nn.Module, example: torch.Tensor, ignored: list[str], ratio: float, where: str,
+                  multiple: int = 1) -> float:
     """MACs of ``model`` with every group pruned to its final count at ``ratio``, over the original MACs."""
     clone = copy.deepcopy(model)
     graph, groups = find_groups(clone, example, ignored, where)
-    for group, keep in zip(groups, final_keep(groups, ratio)[0]):
+    for group, keep in zip(groups, final_keep(groups, ratio, multiple)[0]):
         prune_group(graph, group, keep)
     return count_macs(clone, example) / count_macs(model, example)
 
 
 def ratio_for_macs(model: nn.Module, example: torch.Tensor, ignored: list[str], target: float, where: str,
-                   max_ratio: float = 0.95) -> float:
-    """The smallest channel ratio (to 0.005) whose final model has MACs <= ``target`` x the original."""
-    if macs_ratio_at(model, example, ignored, max_ratio, where) > target:
+                   max_ratio: float = 0.95, multiple: int = 1) -> float:
+    """The smallest channel ratio (to 0.005) whose final model (counts rounded to ``multiple``) has MACs <=
+    ``target`` x the original."""
+    def macs(ratio: float) -> float:
+        return macs_ratio_at(model, example, ignored, ratio, where, multiple)
+
+    if macs(max_ratio) > target:
         raise EdgeCompressError(
             f"target_macs_ratio {target} is unreachable: removing {max_ratio:.0%} of every group's channels "
-            f"leaves {macs_ratio_at(model, example, ignored, max_ratio, where):.3f}x of the MACs", where=where,
-            fix="raise target_macs_ratio or shorten ignored_layers")
+            f"leaves {macs(max_ratio):.3f}x of the MACs", where=where,
+            fix="raise target_macs_ratio, shorten ignored_layers" + (", or lower round_to" if multiple > 1 else ""))
     low, high = 0.0, max_ratio
     while high - low > 0.005:
         mid = (low + high) / 2
-        low, high = (mid, high) if macs_ratio_at(model, example, ignored, mid, where) > target else (low, mid)
+        low, high = (mid, high) if macs(mid) > target else (low, mid)
     return high

@@ -17,13 +17,14 @@ from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs, count_params
 from edgecompress.nn.layers import LAYER_TYPES, build_graph, weight_layers
+from edgecompress.prune import align
 from edgecompress.prune.analysis import output_layers, ratio_or_macs_target, resolve_layers
-from edgecompress.registry import CPU_AND_CUDA, StageConfig, register
+from edgecompress.registry import CPU_AND_CUDA, register
 
 STAGE = "prune.structured"
 
 
-class StructuredConfig(StageConfig):
+class StructuredConfig(align.AlignedConfig):
     """Settings of ``prune.structured``: how many channels go (``ratio`` or ``target_macs_ratio``) and which."""
 
     ratio: float | None = Field(
@@ -43,7 +44,6 @@ class StructuredConfig(StageConfig):
         None, ge=1, le=200,
         description="pruning steps (importance re-estimated each step); default 1 with ratio, 20 with "
                     "target_macs_ratio, where the ratio grows by max_layer_ratio/steps per step")
-    round_to: int | None = Field(None, ge=1, le=1024, description="keep channel counts multiples of this")
     ignored_layers: list[str] = Field(
         [],
         description="module names or globs (e.g. 'layer4.*') whose output channels stay; the final "
@@ -60,6 +60,14 @@ class StructuredConfig(StageConfig):
         return "taylor importance uses gradients of the task's loss; l1, l2 and bn_scale need no data" \
             if self.criterion == "taylor" else None
 
+
+
+class _AlignedPruner(tp.pruner.MetaPruner):
+    """torch-pruning's MetaPruner with channel counts rounded to the nearest multiple (:func:`align.aligned_keep`),
+    not down as torch-pruning does."""
+
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        return current_channels - align.aligned_keep(current_channels - n_pruned, current_channels, round_to)
 
 
 def _importance(criterion: str) -> tp.importance.Importance:
@@ -172,12 +180,13 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageConte
     params0, macs0 = count_params(model), count_macs(model, example)
     target = config.target_macs_ratio
     steps = config.iterative_steps or (20 if target is not None else 1)
+    multiple = align.resolve(config.round_to, ctx.export.runtime, f"{STAGE}.round_to")
     with _explain_failures(model, "building the torch-pruning dependency graph"):
-        pruner = tp.pruner.MetaPruner(
+        pruner = _AlignedPruner(
             model, example, _importance(config.criterion), global_pruning=config.scope == "global",
             pruning_ratio=config.max_layer_ratio if target is not None else config.ratio,
             max_pruning_ratio=config.max_layer_ratio, iterative_steps=steps,
-            ignored_layers=[modules[n] for n in sorted(skipped)], round_to=config.round_to,
+            ignored_layers=[modules[n] for n in sorted(skipped)], round_to=multiple if multiple > 1 else None,
         )
     macs, done = macs0, 0
     while done < steps and (target is None or macs > target * macs0):
@@ -199,6 +208,7 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageConte
     kept = [n for n in before if n not in skipped]
     ctx.info.update({
         "criterion": config.criterion, "scope": config.scope, "steps": done, "ignored_layers": sorted(skipped),
+        "round_to": multiple,
         "channels": {n: [before[n], after[n]] for n in before},
         "params_before": params0, "params_after": count_params(model),
         "macs_before": macs0, "macs_after": macs, "macs_ratio": macs / macs0,

@@ -96,12 +96,22 @@ def _cards(metrics: dict) -> list[dict[str, Any]]:
             value, label, unit = number(summary.get("metric_change_pct")), "Perplexity change", "%"
             text = DASH if value is None else f"{value:+.1f}"
             related = [c for c in checks if "perplexity" in c["key"].lower()]
-        cards.append({"label": label, "value": text, "unit": unit if value is not None else "", "checks": related})
+        notes = _speedup_notes(summary.get("latency_speedup_spread")) if key == "latency_speedup" else []
+        cards.append({"label": label, "value": text, "unit": unit if value is not None else "", "checks": related,
+                      "notes": notes})
     seconds = [number(stage_metrics(e).get("stage_seconds")) for e in history(metrics)] or [None]
     baseline = [] if seconds[0] is None else [f"baseline, not included: {_duration(seconds[0])}"]
     cards.append({"label": "Compression time", "value": _duration(sum(s or 0 for s in seconds[1:])), "unit": "",
                   "checks": [], "notes": _cost_notes(summary.get("compression_cost")) + baseline})
     return cards
+
+
+def _speedup_notes(spread: Any) -> list[str]:
+    """The spread of an interleaved speed-up, as short lines under its card."""
+    if not isinstance(spread, dict) or number(spread.get("q1")) is None:
+        return []
+    lines = [f"interquartile range {spread['q1']:.2f}–{spread['q3']:.2f} over {spread.get('rounds')} interleaved rounds"]
+    return lines + ([] if spread.get("measurable") else ["no measurable difference: the range includes 1.0"])
 
 
 def verdict(checks: list[dict[str, Any]]) -> str:

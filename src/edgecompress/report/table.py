@@ -29,6 +29,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("size", "Size"),
     ("p50", "p50 ms"),
     ("p95", "p95 ms"),
+    ("speedup", "Speed-up × (IQR)"),  # interleaved with the baseline: median per-round ratio, quartiles
     ("throughput", "Samples/s"),
     ("memory", "Mem MiB"),
     ("energy", "Energy mJ"),
@@ -41,10 +42,12 @@ COLUMNS: list[tuple[str, str]] = [
     ("macs_x", "MACs ×"),
 ]
 # The terminal's columns by default (they fit 80 columns); ``--wide`` shows every column with a terminal header.
-COMPACT = ("stage", "accuracy", "agreement", "perplexity", "cosine", "params", "nonzero", "macs", "size", "p50", "seconds", "size_x")
+COMPACT = ("stage", "accuracy", "agreement", "perplexity", "cosine", "params", "nonzero", "macs", "size", "p50", "speedup",
+           "seconds", "size_x")
 # Terminal headers wrap onto two lines to keep columns narrow; None leaves the column out (it stays in the HTML).
 TERMINAL_HEADERS = {
     "precision": None, "f1": None, "accuracy": "Acc\n%", "agreement": "Agree\n%", "perplexity": "PPL", "cosine": "Cos\n%", "nonzero": "Non-\nzero", "p50": "p50\nms", "p95": "p95\nms",
+    "speedup": "Speed\n×",
     "throughput": "Samp.\n/s", "memory": "Mem\nMiB", "energy": "Energy\nmJ", "seconds": "Time\ns",
     "cpu": None, "gflops": None, "labels": None, "samples": None,
     "size_x": "Size\n×", "macs_x": "MACs\n×",
@@ -128,8 +131,18 @@ def stage_metrics(entry: dict) -> dict:
     return values if isinstance(values, dict) else {}
 
 
-def stage_rows(metrics: dict) -> list[dict[str, str]]:
-    """One dict of formatted cells per history entry, keyed by the keys of ``COLUMNS``.
+def fmt_speedup(s: Any, short: bool = False) -> str:
+    """An interleaved speed-up: '1.46' (short) or '1.46 (1.40–1.52)'; '≈1' / '≈1 (0.95–1.08)' when its
+    interquartile range crosses 1.0 (no measurable difference); the dash when missing."""
+    if not isinstance(s, dict) or number(s.get("median")) is None:
+        return DASH
+    head = f"{s['median']:.2f}" if s.get("measurable") else "≈1"
+    return head if short else f"{head} ({s['q1']:.2f}–{s['q3']:.2f})"
+
+
+def stage_rows(metrics: dict, short: bool = False) -> list[dict[str, str]]:
+    """One dict of formatted cells per history entry, keyed by the keys of ``COLUMNS`` (``short``: the speed-up
+    without its spread, for the terminal).
 
     Ratios compare each stage with the baseline (the first entry): 'Size ×' = baseline size / stage size.
     """
@@ -153,6 +166,7 @@ def stage_rows(metrics: dict) -> list[dict[str, str]]:
             "size": fmt_bytes(m.get("size_bytes")),
             "p50": fmt_sig(m.get("latency_p50_ms")),
             "p95": fmt_sig(m.get("latency_p95_ms")),
+            "speedup": fmt_speedup(m.get("speedup"), short),
             "throughput": DASH if number(m.get("throughput_sps")) is None else f"{m['throughput_sps']:,.0f}",
             "memory": fmt_sig(m.get("peak_memory_mb")),
             "energy": fmt_sig(m.get("energy_mj")),
@@ -179,7 +193,7 @@ def stage_table(metrics: dict, wide: bool = False) -> Table:
     when some stage has zeroed weights), or with ``wide`` every column that has a terminal header (~120)."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold",
                   title="Stages", title_justify="left")
-    rows = stage_rows(metrics)
+    rows = stage_rows(metrics, short=True)
     columns = [(key, TERMINAL_HEADERS.get(key, header)) for key, header in COLUMNS
                if TERMINAL_HEADERS.get(key, header) and (wide or key in COMPACT)]
     if not wide and all(row["nonzero"] == row["params"] for row in rows):

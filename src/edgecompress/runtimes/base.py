@@ -33,6 +33,8 @@ class Runtime:
     not record one). runner(artifact, threads): the artifact loaded in this process (accuracy). bench(path,
     threads): the benchmark worker's entry: imports the runtime and returns ``load()``, which loads the model and
     returns the runner that is timed; a module-level function, which the worker imports by name.
+    channel_multiple(lanes): the multiple of channels its convolutions and matrix products run fastest with on a
+    CPU with ``lanes`` float32 lanes per vector register (structured pruning rounds channel counts to it).
     """
 
     name: str  # Artifact.runtime and export.runtime, e.g. "onnxruntime"
@@ -45,6 +47,8 @@ class Runtime:
     bench: Callable[[str, int], Callable[[], Runner]]
     compared: bool = False  # a candidate of `export.format: fastest`, and a row of `bench RUN_DIR`
     order: int = 100  # where it is listed (messages, settings, comparisons): lower first
+    # the channel multiple its fast kernels want, given the CPU's float32 lanes (prune.align, round_to: auto)
+    channel_multiple: Callable[[int], int] = lambda lanes: lanes
 
     @property
     def bench_entry(self) -> str:

@@ -199,4 +199,4 @@ def bench(path: str, threads: int) -> Callable[[], Runner]:
 
 
 register(Runtime("executorch", "executorch", "ExecuTorch", (".pte",), export, validate, runner, bench, compared=True,
-                 order=1))
+                 order=1, channel_multiple=lambda lanes: max(8, lanes)))  # XNNPACK tiles >= 8 output channels
