@@ -319,7 +319,7 @@ class Pipeline:
         per_round = interleaved([self._artifact(h) for h in history], self.task.input_shape, threads=s.threads,
                                 batch=s.batch, rounds=s.rounds, repeats=s.repeats, warmup=s.warmup,
                                 vocab_size=getattr(self.task, "vocab_size", None))
-        for entry, ms in zip(history, per_round):
+        for entry, ms in zip(history[1:], per_round[1:]):
             entry["metrics"]["speedup"] = speedup(per_round[0], ms)
 
     def _finish(self, history: list[dict], model: nn.Module, started: float) -> RunResult:

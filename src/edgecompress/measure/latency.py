@@ -86,11 +86,3 @@ def speedup(reference_ms: Sequence[float], ms: Sequence[float]) -> dict[str, flo
     return {"median": round(statistics.median(ratios), 3), "q1": round(q1, 3), "q3": round(q3, 3),
             "rounds": len(ratios), "measurable": not q1 <= 1.0 <= q3}
 
-
-def describe_speedup(s: dict | None) -> str:
-    """``1.46x (1.40-1.52)``, with ``: no measurable difference`` when the range crosses 1.0; ``—`` for None."""
-    if not s:
-        return "—"
-    text = f"{s['median']:.2f}x ({s['q1']:.2f}–{s['q3']:.2f})"
-    return text if s["measurable"] else f"{text}: no measurable difference"
-

@@ -20,7 +20,7 @@ import functools
 import logging
 import platform
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -28,7 +28,7 @@ from edgecompress.registry import StageConfig
 
 log = logging.getLogger("edgecompress")
 
-Alignment = int | Literal["auto"]
+Alignment = Annotated[int, Field(ge=1, le=1024)] | Literal["auto"]
 
 
 class AlignedConfig(StageConfig):
