@@ -86,7 +86,7 @@ def _cards(metrics: dict) -> list[dict[str, Any]]:
     cards = []
     for key, label, unit, keyword in CARDS:
         value = number(summary.get(key))
-        text = DASH if value is None else (f"{value:.2f}" if unit == "pts" else f"{value:.1f}")
+        text = DASH if value is None else (f"{value:.2f}" if unit == "pts" or key == "latency_speedup" else f"{value:.1f}")
         related = [c for c in checks if keyword in c["key"].lower()]
         if key == "accuracy_drop_points" and summary.get("metric") == "agreement_top1":
             label = "Agreement drop"  # unlabeled data: top-1 agreement with the original model
