@@ -101,7 +101,7 @@ class KwsData(_Common):
     snr_db: tuple[float, float] = Field((5.0, 30.0), description="background noise mixed in at a random SNR "
                                                                  "in this range (dB)")
     mel_bins: int = Field(40, ge=8, le=128, description="log-mel bins (25 ms windows of 16 kHz audio)")
-    hop_ms: Literal[10, 20] = Field(20, description="a window every 10 ms (98 frames) or 20 ms (49 frames)")
+    hop_ms: Literal[10, 20] = Field(20, description="a window every 10 ms (97 frames) or 20 ms (49 frames)")
 
     @model_validator(mode="after")
     def _check(self):

@@ -97,9 +97,9 @@ def load_target(source: str | Path) -> TargetProfile:
     try:
         return TargetProfile.model_validate(data)
     except ValidationError as err:
-        lines = [f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
-                 + (f" (got {e['input']!r})" if e["type"] not in ("value_error", "missing") else "")
-                 for e in err.errors()]
+        from edgecompress.recipe import _describe  # the recipe's wording: unknown keys get the closest and the allowed
+
+        lines = [f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {_describe(e, TargetProfile)}" for e in err.errors()]
         raise EdgeCompressError("invalid target profile:\n  " + "\n  ".join(lines), where=str(path),
                                 fix=f"correct the keys named above; allowed keys: {', '.join(TargetProfile.model_fields)}"
                                 ) from None
