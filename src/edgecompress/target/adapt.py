@@ -37,7 +37,7 @@ _EXPORTS_TO = {nn.SiLU: ("Sigmoid", "Mul"), nn.GELU: ("Erf", "Div", "Mul", "Add"
 class AdaptConfig(TrainSettings):
     """Settings of ``hw.adapt``."""
 
-    target: str = Field(description="a built-in target (cpu, npu-int8, mcu) or a target profile YAML file")
+    target: str = Field("mcu", description="a built-in target (cpu, npu-int8, mcu) or a target profile YAML file")
     activation: Literal["auto", "hardswish", "relu6", "relu"] = Field(
         "auto", description="what replaces an activation the target cannot run; auto: hard-swish if the target "
                             "runs it, else ReLU6, else ReLU")
