@@ -103,7 +103,7 @@ def check_onnx(model: onnx.ModelProto, profile: TargetProfile, classes: dict[str
     a = profile.channel_alignment
     off = [n for n in memory.nodes if n.out_channels is not None and a > 1 and n.out_channels % a]
     misaligned = [Issue(f"channels not a multiple of {a}", "the target pads them: the padding costs time and memory",
-                        "hw.adapt with align: true removes the extra channels (torch-pruning); output layers stay",
+                        "hw.adapt with align: true rounds hidden layers down (torch-pruning); output layers keep their size",
                         [f"{n.module or n.name} ({n.out_channels})" for n in off])] if off else []
     return TargetCheck(profile, memory, unsupported, misaligned)
 
