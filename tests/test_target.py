@@ -184,3 +184,5 @@ def test_recipe_target_adds_fit_checks(tmp_path):
     rows = {c["target"]: c for c in result.checks}
     assert rows["mcu: operators and types"]["passed"] is False  # FP32 on an int8-only target
     assert rows["mcu: peak activations in SRAM (KiB)"]["passed"] is True
+    res = runner.invoke(app, ["check", str(tmp_path / "run"), "--target", "mcu", "--no-layers"])  # the final artifact
+    assert res.exit_code == 1 and "cannot run float32 compute" in res.output, res.output

@@ -17,6 +17,9 @@ from edgecompress.target.profiles import load_target
 def _onnx_file(arg: str) -> Path | None:
     """The ONNX file ``arg`` names: the file itself, or the final artifact of a run directory (None: a model)."""
     path = Path(arg)
+    if path.suffix == ".pte":
+        raise EdgeCompressError("check reads ONNX graphs and PyTorch models, not ExecuTorch programs", where=arg,
+                                fix="check the model it was exported from, or its ONNX export")
     if path.suffix == ".onnx":
         if not path.is_file():
             raise EdgeCompressError("ONNX file not found", where=arg, fix="check the path")
