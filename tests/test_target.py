@@ -129,6 +129,7 @@ def _adapt(model, task, **config):
     return stage(model, stage.config(**config), ctx).eval(), ctx.info
 
 
+@pytest.mark.slow  # ~6 s: trains the SiLU model, then recovers it
 def test_adapt_substitutes_activations_and_keeps_accuracy(tmp_path, digits_task):
     model = _silu_cnn(digits_task)
     before = accuracy(model, digits_task, "test")

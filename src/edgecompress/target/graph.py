@@ -110,7 +110,7 @@ def analyse(model: onnx.ModelProto) -> GraphMemory:
     dims = {i.name: tuple(i.dims) for i in graph.initializer}
     out = GraphMemory(weight_bytes=sum(_bytes(*types[i.name]) for i in graph.initializer))
     for step, n in enumerate(compute):
-        live = sum(b for buf, b in buf_bytes.items() if first.get(buf, step) <= step <= last.get(buf, -2))
+        live = sum(b for buf, b in buf_bytes.items() if first.get(buf, step) <= step <= last.get(buf, first.get(buf, -2)))
         weights = sum(_bytes(*types[i]) for i in weight_owner.get(id(n), ()))
         outputs = sum(buf_bytes.get(root.get(t, t), 0) for t in n.output)
         out.nodes.append(NodeMemory(n.name or f"{n.op_type}_{step}", n.op_type, _onnx_module_path(n.name or ""),
