@@ -23,15 +23,13 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.nn.layers import build_graph
 from edgecompress.prune.analysis import output_layers
 from edgecompress.registry import CPU_AND_CUDA, register
-from edgecompress.target.check import TargetCheck, check_module, kib
+from edgecompress.target.check import REPLACEABLE, TargetCheck, check_module, kib
 from edgecompress.target.profiles import TargetProfile, load_target
 from edgecompress.train import DistillConfig, TrainSettings, accuracy, train
 
 STAGE = "hw.adapt"
-RELU_LIKE = (nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.ELU, nn.LeakyReLU)
 REPLACEMENTS = {"hardswish": ("HardSwish", nn.Hardswish), "relu6": ("Clip", nn.ReLU6), "relu": ("Relu", nn.ReLU)}
-_EXPORTS_TO = {nn.SiLU: ("Sigmoid", "Mul"), nn.GELU: ("Erf", "Div", "Mul", "Add"), nn.Hardswish: ("HardSwish",),
-               nn.Mish: ("Softplus", "Tanh", "Mul"), nn.ELU: ("Elu",), nn.LeakyReLU: ("LeakyRelu",)}
+_EXPORTS_TO = {getattr(nn, name): ops for name, ops in REPLACEABLE.items()}
 
 
 class AdaptConfig(TrainSettings):

@@ -21,7 +21,10 @@ from edgecompress.runtimes import Artifact
 from edgecompress.target.graph import GraphMemory, analyse
 from edgecompress.target.profiles import TargetProfile, load_target
 
-ADAPT_FIX = "hw.adapt replaces SiLU / GELU / Hardswish / Sigmoid / Tanh activation modules with one the target runs"
+REPLACEABLE = {  # the torch activation modules hw.adapt replaces -> the ONNX operators they export to
+    "SiLU": ("Sigmoid", "Mul"), "GELU": ("Erf", "Div", "Mul", "Add"), "Hardswish": ("HardSwish",),
+    "Mish": ("Softplus", "Tanh", "Mul"), "ELU": ("Elu",), "LeakyReLU": ("LeakyRelu",)}
+ADAPT_FIX = "hw.adapt replaces the activation module with hard-swish or ReLU6, whichever the target runs"
 _ACTIVATION_OPS = {"Sigmoid", "Tanh", "Erf", "Gelu", "HardSwish", "HardSigmoid", "Div", "Pow", "Sqrt", "Mul"}
 
 
@@ -111,7 +114,11 @@ def check_onnx(model: onnx.ModelProto, profile: TargetProfile, classes: dict[str
 def _op_issue(op: str, nodes: list, profile: TargetProfile, classes: dict[str, str]) -> Issue:
     names = sorted({classes[n.module] for n in nodes if n.module in classes})
     source = f" (from {', '.join(names)})" if names else ""
-    fix = ADAPT_FIX if op in _ACTIVATION_OPS else f"rewrite those layers, or choose a target that runs {op}"
+    fix = f"rewrite those layers, or choose a target that runs {op}"
+    if names and set(names) <= set(REPLACEABLE):
+        fix = ADAPT_FIX
+    elif not names and op in _ACTIVATION_OPS:
+        fix = f"if it comes from a {' / '.join(REPLACEABLE)} module: {ADAPT_FIX}; else {fix}"
     return Issue(f"operator {op}{source}", f"not in the {profile.name} operator set", fix,
                  list(dict.fromkeys(n.module or n.name for n in nodes)))
 
