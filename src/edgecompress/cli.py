@@ -1,4 +1,4 @@
-"""The ``edgecompress`` command line: run, methods, inspect, bench, report."""
+"""The ``edgecompress`` command line: run, methods, inspect, check, bench, report."""
 
 from __future__ import annotations
 
@@ -387,6 +387,31 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory made by `ed
     out_console.print(f"report: {path}")
 
 
+
+
+@app.command()
+def check(
+    model: str = typer.Argument(..., help="an .onnx file, a run directory (its final artifact), or any model "
+                                          "`inspect` takes (zoo name, recipe, package.module:callable, .pt2)"),
+    target: str = typer.Option(..., "--target", "-t", help="a built-in target (cpu, npu-int8, mcu) or a target "
+                                                           "profile YAML file"),
+    input_shape: str = typer.Option("3,32,32", "--input-shape", help="per-sample input shape of a PyTorch model"),
+    classes: int = typer.Option(10, "--classes", help="number of classes of a zoo model"),
+    arch: str | None = typer.Option(None, "--arch", help="zoo name or callable for a weights file"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow loading pickled full models"),
+    layers: bool = typer.Option(True, "--layers/--no-layers", help="print the per-layer memory table"),
+) -> None:
+    """What the target cannot run and why, and the per-layer memory (weights, live activations) against its flash
+    and SRAM; exit code 0 when the model fits the target, 1 when it does not, 2 on bad input."""
+    from edgecompress.target.cli import print_check, run_check
+
+    try:
+        result = run_check(model, target, _parse_shape(input_shape), classes, arch, trust_pickle)
+    except (EdgeCompressError, ValidationError) as err:
+        _fail(err)
+    print_check(out_console, model, result, layers)
+    if not result.fits:
+        raise typer.Exit(1)
 
 
 @app.command()

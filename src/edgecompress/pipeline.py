@@ -346,7 +346,13 @@ class Pipeline:
         summary["baseline_warning"] = self._baseline_warning(history[0])
         results = checks(history, self.recipe.targets, self.task.metric, self.task.higher_is_better,
                          self._test_samples())
-        self._save(history, {"summary": summary, "checks": results})
+        extra = {"summary": summary, "checks": results}
+        if self.recipe.target is not None:  # the fit to the recipe's edge target, as more target checks
+            from edgecompress.target.check import artifact_fit
+
+            extra["target_fit"] = artifact_fit(self.recipe.target, artifact, model, self.task.example_inputs(1))
+            results += extra["target_fit"]["checks"]
+        self._save(history, extra)
         report = None
         if self.make_report:
             from edgecompress.report import build_report

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
 
 from edgecompress import packaged, registry
 from edgecompress.data.options import DATA_OPTIONS, DataSpec, Mnist5kData, TextData
@@ -112,7 +113,22 @@ class Recipe(BaseModel):
     data: DataSpec = Field(default_factory=Mnist5kData, description="dataset and splits")
     stages: list[StageEntry] = Field(default_factory=list, description="ordered compression stages")
     targets: Targets = Field(default_factory=Targets)
+    target: str | None = Field(None, description=(
+        "an edge target the final artifact must fit (cpu, npu-int8, mcu or a target profile YAML file): the report "
+        "checks its operators, data types, weights against flash and peak activations against SRAM"))
     export: ExportSettings = Field(default_factory=ExportSettings)
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, value: str | None) -> str | None:
+        from edgecompress.target.profiles import load_target
+
+        if value is not None:
+            try:
+                load_target(value)
+            except EdgeCompressError as err:
+                raise ValueError(f"{err.what}; {err.fix}") from None
+        return value
 
     @model_validator(mode="before")
     @classmethod

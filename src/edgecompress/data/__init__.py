@@ -2,6 +2,6 @@
 
 from edgecompress.data.datasets import DATASETS, load_task
 from edgecompress.data.options import DataSpec, data_spec
-from edgecompress.data import photos, text, user  # noqa: F401,E402  (register the folder, tensors, photos, text datasets)
+from edgecompress.data import kws, photos, text, user  # noqa: F401,E402  (register the folder, tensors, photos, text, kws datasets)
 
 __all__ = ["DATASETS", "DataSpec", "data_spec", "load_task"]

@@ -86,6 +86,35 @@ def _check_normalization(mean: list[float] | None, std: list[float] | None) -> N
         raise ValueError(f"`mean` and `std` need one value per channel and std > 0, got {mean} / {std}")
 
 
+class KwsData(_Common):
+    """Keyword spotting: spoken command words synthesized offline with espeak-ng (many voices, speeds and pitches,
+    background noise), as log-mel features [1, frames, mel_bins]; the test and val voices are never trained on."""
+
+    dataset: Literal["kws"] = "kws"
+    words: list[str] = Field(["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"], min_length=1,
+                             description="the command words (one class each)")
+    unknown_words: list[str] = Field(
+        ["bed", "bird", "cat", "dog", "happy", "house", "tree", "wow", "zero", "one", "three", "seven"],
+        description="other words, together the class _unknown_ (empty: no such class)")
+    silence: bool = Field(True, description="a class _silence_ of background noise alone")
+    samples_per_class: int = Field(200, ge=4, le=10_000, description="utterances synthesized per class")
+    snr_db: tuple[float, float] = Field((5.0, 30.0), description="background noise mixed in at a random SNR "
+                                                                 "in this range (dB)")
+    mel_bins: int = Field(40, ge=8, le=128, description="log-mel bins (25 ms windows of 16 kHz audio)")
+    hop_ms: Literal[10, 20] = Field(20, description="a window every 10 ms (97 frames) or 20 ms (49 frames)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        bad = [w for w in (*self.words, *self.unknown_words) if not w.replace("'", "").isalpha()]
+        if bad:
+            raise ValueError(f"words must be letters only (spoken by espeak-ng), got {bad}")
+        if set(self.words) & set(self.unknown_words):
+            raise ValueError(f"{sorted(set(self.words) & set(self.unknown_words))} are both command and unknown words")
+        if not self.snr_db[0] <= self.snr_db[1]:
+            raise ValueError(f"snr_db must be [low, high] with low <= high, got {list(self.snr_db)}")
+        return self
+
+
 class _UserData(_Common):
     """Options shared by the user's own data: where it is, labels or not, and the input normalization."""
 
@@ -189,10 +218,11 @@ def _default_kind(data: Any) -> Any:
 
 
 DataSpec = Annotated[Annotated[DigitsData | Mnist5kData | Mnist1dData | SyntheticData | FolderData | TensorsData
-                               | PhotosData | TextData, Field(discriminator="dataset")], BeforeValidator(_default_kind)]
+                               | PhotosData | TextData | KwsData, Field(discriminator="dataset")],
+                     BeforeValidator(_default_kind)]
 _ADAPTER: TypeAdapter = TypeAdapter(DataSpec)
 DATA_OPTIONS: dict[str, type[_Base]] = {cls.model_fields["dataset"].default: cls for cls in (
-    DigitsData, Mnist5kData, Mnist1dData, SyntheticData, FolderData, TensorsData, PhotosData, TextData)}  # name -> options
+    DigitsData, Mnist5kData, Mnist1dData, SyntheticData, FolderData, TensorsData, PhotosData, TextData, KwsData)}  # name -> options
 
 
 def data_spec(**fields: Any) -> DataSpec:

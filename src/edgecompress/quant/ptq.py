@@ -294,24 +294,29 @@ def _entropy_ranges(prep: Path, input_name: str, calib: torch.Tensor) -> dict[st
     return overrides
 
 
-def _qdq_report(graph: onnx.GraphProto) -> dict:
-    """Which compute nodes of a QDQ graph run quantized (fed by DequantizeLinear) and which stayed float."""
+def qdq_split(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
+    """The compute nodes of a QDQ graph that run quantized (fed by DequantizeLinear) and those that stay float."""
     dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     consumers: dict[str, list[str]] = {}
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n.op_type)
-    quantized, floating = Counter(), []
+    quantized, floating = [], []
     for n in graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
         ins = [i in dq_outputs for i in n.input[: 2 if n.op_type in WEIGHTED_ONNX_OPS else 1] if i]
         outs = [c == "QuantizeLinear" for o in n.output for c in consumers.get(o, ["<output>"])]
-        if ins and all(ins) or n.op_type not in WEIGHTED_ONNX_OPS and outs and all(outs):
-            quantized[n.op_type] += 1
-        else:
-            floating.append(f"{n.name} ({n.op_type})")
-    return {"quantized_ops": dict(quantized), "float_nodes": floating}
+        (quantized if ins and all(ins) or n.op_type not in WEIGHTED_ONNX_OPS and outs and all(outs)
+         else floating).append(n)
+    return quantized, floating
+
+
+def _qdq_report(graph: onnx.GraphProto) -> dict:
+    """Which compute nodes of a QDQ graph run quantized (fed by DequantizeLinear) and which stayed float."""
+    quantized, floating = qdq_split(graph)
+    return {"quantized_ops": dict(Counter(n.op_type for n in quantized)),
+            "float_nodes": [f"{n.name} ({n.op_type})" for n in floating]}
 
 
 def cpu_has_vnni() -> bool:
