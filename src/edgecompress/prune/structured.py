@@ -62,7 +62,7 @@ class StructuredConfig(align.AlignedConfig):
 
 
 
-class _AlignedPruner(tp.pruner.MetaPruner):
+class AlignedPruner(tp.pruner.MetaPruner):
     """torch-pruning's MetaPruner with channel counts rounded to the nearest multiple (:func:`align.aligned_keep`),
     not down as torch-pruning does."""
 
@@ -182,7 +182,7 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageConte
     steps = config.iterative_steps or (20 if target is not None else 1)
     multiple = align.resolve(config.round_to, ctx.export.runtime, f"{STAGE}.round_to")
     with _explain_failures(model, "building the torch-pruning dependency graph"):
-        pruner = _AlignedPruner(
+        pruner = AlignedPruner(
             model, example, _importance(config.criterion), global_pruning=config.scope == "global",
             pruning_ratio=config.max_layer_ratio if target is not None else config.ratio,
             max_pruning_ratio=config.max_layer_ratio, iterative_steps=steps,

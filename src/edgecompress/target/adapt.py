@@ -22,6 +22,7 @@ from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
 from edgecompress.nn.layers import build_graph
 from edgecompress.prune.analysis import output_layers
+from edgecompress.prune.structured import AlignedPruner
 from edgecompress.registry import CPU_AND_CUDA, register
 from edgecompress.target.check import REPLACEABLE, TargetCheck, check_module, kib
 from edgecompress.target.profiles import TargetProfile, load_target
@@ -108,8 +109,8 @@ def align_channels(model: nn.Module, example: torch.Tensor, alignment: int) -> i
 def _shrunk(model: nn.Module, example: torch.Tensor, ratio: float, alignment: int) -> nn.Module:
     model = copy.deepcopy(model)
     keep = list(output_layers(build_graph(model, example)))
-    tp.pruner.MetaPruner(model, example, tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
-                         ignored_layers=keep, round_to=alignment if alignment > 1 else None).step()
+    AlignedPruner(model, example, tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+                  ignored_layers=keep, round_to=alignment if alignment > 1 else None).step()
     return model
 
 
