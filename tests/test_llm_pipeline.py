@@ -268,6 +268,20 @@ def test_embedding_recipe_runs_end_to_end(tmp_path):
     assert result.checks[0]["target"] == "max_accuracy_drop"
 
 
+def test_dynamic_int8_of_a_language_model_runs_in_onnx_runtime(tmp_path):
+    import onnx
+
+    user = save_tiny(tmp_path / "lm")
+    recipe = lm_recipe(user, [{"method": "quant.dynamic"}])
+    result = compress(recipe=parse_recipe(recipe), out=tmp_path / "run", progress=False)
+    base, final = (h["metrics"] for h in (result.history[0], result.history[-1]))
+    assert final["precision"] == "int8" and result.artifact.path.name == "model_int8.onnx"
+    ops = [n.op_type for n in onnx.load(str(result.artifact.path)).graph.node]
+    assert ops.count("MatMulInteger") >= 7 * 2  # q, k, v, o, gate, up, down in both layers
+    assert final["size_bytes"] < 0.5 * base["size_bytes"]
+    assert abs(final["perplexity"] / base["perplexity"] - 1) < 0.05  # random tiny model: int8 noise is small
+
+
 def test_report_shows_perplexity_and_its_change():
     from edgecompress.report.html import _cards
     from edgecompress.report.plots import headline

@@ -36,7 +36,7 @@ from edgecompress.quant.ptq import (
     save_program,
 )
 from edgecompress.quant.xnnpack import quantize_to_pte
-from edgecompress.registry import StageConfig, register
+from edgecompress.registry import ALL_TASK_KINDS, TOKEN_TASK_KINDS, StageConfig, register
 
 
 class DynamicConfig(StageConfig):
@@ -54,14 +54,17 @@ class DynamicConfig(StageConfig):
     )
 
 
-@register("quant.dynamic", DynamicConfig, produces_artifact=True)
+@register("quant.dynamic", DynamicConfig, produces_artifact=True, task_kinds=(*ALL_TASK_KINDS, *TOKEN_TASK_KINDS))
 def dynamic(model: nn.Module, config: DynamicConfig, ctx: StageContext) -> StageOutput:
     """Dynamic INT8 quantization (int8 weights, activations quantized per call; no calibration; slower without VNNI).
 
     ONNX Runtime covers Conv, MatMul and Gemm; torchao covers nn.Linear only. The float model is returned
-    unchanged beside the INT8 artifact.
+    unchanged beside the INT8 artifact. Language models (token inputs) are quantized through ONNX Runtime: every
+    projection's MatMul becomes MatMulInteger.
     """
     example = ctx.example_inputs(2)
+    if isinstance(example, dict):  # token inputs: a batch of one, as the pipeline exports them
+        example = {k: v[:1] for k, v in example.items()}
     backend = resolve_backend(config.backend, ctx)
     if backend == "onnxruntime":
         artifact, report = _dynamic_onnx(model, config, ctx, example)
@@ -80,7 +83,7 @@ def _dynamic_onnx(
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    fp32, prep = fp32_onnx(model, ctx, example[:1])
+    fp32, prep = fp32_onnx(model, ctx, example if isinstance(example, dict) else example[:1])
     out = prep.parent / "model_int8.onnx"
     tmp = out.with_suffix(".tmp.onnx")
     quantize_dynamic(
@@ -90,7 +93,7 @@ def _dynamic_onnx(
     tmp.replace(out)
     prep.unlink()
     nodes = onnx.load(str(out)).graph.node
-    return Artifact(out, "onnx", "onnxruntime", "int8"), {
+    return Artifact(out, "onnx", "onnxruntime", "int8", details=fp32.details), {
         "quantized_ops": dict(Counter(n.op_type for n in nodes if n.op_type in ("ConvInteger", "MatMulInteger"))),
         "float_nodes": [f"{n.name} ({n.op_type})" for n in nodes if n.op_type in WEIGHTED_ONNX_OPS],
         "fp32_bytes": fp32.size_bytes,

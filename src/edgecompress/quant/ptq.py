@@ -19,6 +19,7 @@ of ``quant.equalize`` (BN folding, cross-layer equalization, bias correction) on
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import shutil
@@ -448,12 +449,15 @@ def fp32_onnx(model: nn.Module, ctx: StageContext, example: torch.Tensor) -> tup
     """
     from onnxruntime.quantization import quant_pre_process
 
-    from edgecompress.runtimes.onnxruntime import export_onnx
+    from edgecompress.runtimes.onnxruntime import export
 
     work = ctx.scratch_dir()
-    fp32 = export_onnx(model, example, work / "model_fp32.onnx", ctx.export.opset)
+    fp32 = export(model, example, work, ctx.export, "model_fp32")  # token inputs too (a dict example)
     prep = work / "model_fp32_prep.onnx"
-    quant_pre_process(str(fp32.path), str(prep))
+    # ONNX Runtime's symbolic shape inference cannot follow a transformer's dynamic lengths (e.g. Min(512, length));
+    # where it fails on another model it leaves a file in the working directory: run it in the stage's own
+    with contextlib.chdir(work):
+        quant_pre_process(str(fp32.path), str(prep), skip_symbolic_shape=isinstance(example, dict))
     return fp32, prep
 
 
