@@ -112,7 +112,7 @@ def main() -> None:
 
 
 def markdown(doc: dict) -> str:
-    runs = doc["runs"]
+    runs = {int(k): v for k, v in doc["runs"].items()}  # JSON keys are strings
     lines = ["# Data-parallel fine-tuning and calibration: 2 CPU processes (gloo) vs 1", "",
              f"Command: `{doc['command']}`. Machine: 2 cores shared with other agents (timings are indicative "
              "only), torch 1 thread per process, MNIST-5k (4,000 train / 1,000 test images).", "",
