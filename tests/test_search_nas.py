@@ -26,8 +26,8 @@ def recipe_with(space: dict) -> dict:
 @pytest.mark.parametrize("change, words", [
     ({"kernel": []}, ["kernel choices are empty"]),
     ({"kernel": [3, 4]}, ["kernel sizes must be odd"]),
-    ({"activation": ["relu", "swishy"]}, ["unknown activation", "swishy", "hardswish"]),
-    ({"block": ["conv", "transformer"]}, ["unknown block", "mbconv"]),
+    ({"activation": ["relu", "swishy"]}, ["unknown activation choice", "swishy", "hardswish"]),
+    ({"block": ["conv", "transformer"]}, ["unknown block choice", "mbconv"]),
     ({"depth": [1, 1]}, ["repeat a value"]),
     ({"width": [0.5, 0.52]}, ["same", "channel counts"]),
     ({"width": [0.0, 1.0]}, ["width multipliers must be in (0, 8]"]),

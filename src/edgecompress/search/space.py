@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.zoo.layers import scaled
@@ -58,20 +58,13 @@ class StageChoices(BaseModel):
             raise ValueError(f"kernel sizes must be odd, 1 to 15 (an even kernel shifts the map), got {v}")
         return v
 
-    @field_validator("activation")
+    @field_validator("activation", "block")
     @classmethod
-    def _activation(cls, v: list[str]) -> list[str]:
-        unknown = [a for a in _choices(v, "activation") if a not in ACTIVATIONS]
+    def _known(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        known = {"activation": ACTIVATIONS, "block": BLOCKS}[info.field_name]
+        unknown = [x for x in _choices(v, info.field_name) if x not in known]
         if unknown:
-            raise ValueError(f"unknown activation(s) {unknown}: use {', '.join(ACTIVATIONS)}")
-        return v
-
-    @field_validator("block")
-    @classmethod
-    def _block(cls, v: list[str]) -> list[str]:
-        unknown = [b for b in _choices(v, "block") if b not in BLOCKS]
-        if unknown:
-            raise ValueError(f"unknown block type(s) {unknown}: use {', '.join(BLOCKS)}")
+            raise ValueError(f"unknown {info.field_name} choice(s) {unknown}: use {', '.join(known)}")
         return v
 
     @model_validator(mode="after")
