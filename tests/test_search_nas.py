@@ -112,3 +112,20 @@ def test_latency_table_ranks_unseen_networks():
     error = prediction_error(predicted, measured, tolerance=0.5)
     assert error["spearman"] >= 0.8, (predicted, measured)
     assert error["within"] >= 0.6, (predicted, measured)
+
+
+def test_every_block_type_builds_and_reloads_from_its_checkpoint(tmp_path):
+    from edgecompress.baseline import build_from_arch
+    from edgecompress.checkpoint import load_model, save_model
+
+    stages = [{"depth": 2, "channels": c, "kernel": k, "activation": a, "block": b}
+              for c, k, a, b in [(8, 3, "relu", "conv"), (8, 5, "hardswish", "dsconv"), (16, 3, "silu", "mbconv")]]
+    model = zoo.build("nas_cnn", (1, 16, 16), 10, stages=stages).eval()
+    assert sum(block.residual for block in model.features if hasattr(block, "residual")) == 1  # mbconv 16 -> 16
+    x = torch.randn(2, 1, 16, 16)
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path, build_from_arch).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    with pytest.raises(EdgeCompressError, match="odd positive integer"):
+        zoo.build("nas_cnn", (1, 16, 16), 10, stages=[{**stages[0], "kernel": 4}])
