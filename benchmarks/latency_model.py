@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=12)
     parser.add_argument("--held-out", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", default="latency_model", help="results file name (benchmarks/results/OUT.md)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -75,7 +76,7 @@ def main() -> None:
              "macs_x": ref_macs / mc, "latency_x": ref_ms / ms}
             for stages, mc, ms, r, p, q in zip(held_stages, macs, measured, held_raw, calibrated, by_macs)]
     doc = {"command": f"python benchmarks/latency_model.py --calibration {args.calibration} --held-out "
-                      f"{args.held_out} --rounds {args.rounds}",
+                      f"{args.held_out} --rounds {args.rounds}" + (f" --out {args.out}" if args.out != "latency_model" else ""),
            "units_timed": table.measured, "table_seconds": round(table_seconds, 1),
            "scale": table.scale, "offset_ms": table.offset, "reference_ms": ref_ms, "reference_macs": ref_macs,
            "errors": {"raw table": prediction_error(held_raw, measured),
@@ -84,8 +85,8 @@ def main() -> None:
                       "the measurement, repeated (noise floor)": prediction_error(again, measured)},
            "rows": rows}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latency_model.json").write_text(json.dumps(doc, indent=2))
-    (RESULTS / "latency_model.md").write_text(markdown(doc))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(doc, indent=2))
+    (RESULTS / f"{args.out}.md").write_text(markdown(doc))
     print(markdown(doc))
 
 

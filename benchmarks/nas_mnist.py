@@ -112,10 +112,10 @@ def markdown(doc: dict) -> str:
         "ONNX Runtime 1 thread, batch 1. Every model below was trained from scratch with the same budget and timed "
         "in the same process in interleaved rounds (the median over the rounds of each round's fastest of 50 runs; "
         "range over the rounds in brackets). "
-        "`MACs x` and `p50 x`: the best hand-designed model's MACs and latency divided by the row's.", "",
+        "`MACs x` and `latency x`: the best hand-designed model's MACs and latency divided by the row's.", "",
         f"Search: {doc['trials']} trials ({doc['architectures']} distinct architectures of {doc['space_size']:,}) "
         f"in {doc['search_seconds']} s, scored on the calibrated latency table.", "",
-        "| model | test acc % | p50 ms [range] | MACs | params | MACs x | p50 x |",
+        "| model | test acc % | latency ms [range] | MACs | params | MACs x | latency x |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(doc["rows"], key=lambda r: r["latency_ms"]):
