@@ -116,3 +116,20 @@ def test_one_process_helpers_are_identities():
     assert distributed.world() == 1 and distributed.is_main()
     assert distributed.shard_batches(x, 4) is x and distributed.local_part([x]) == [x]
     assert distributed.sum_count(3) == 3.0
+
+
+def test_only_rank_0_writes_the_run_directory(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert distributed.rank_dir(out, resume=False) == out  # rank 0 (and one process): the user's directory
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    scratch = distributed.rank_dir(out, resume=False)
+    assert tmp_path not in scratch.parents and not scratch.exists()
+    out.mkdir()
+    (out / "state.json").write_text("{}")
+    resumed = distributed.rank_dir(out, resume=True)  # a resumed rank continues from a copy of rank 0's run
+    assert (resumed / "state.json").read_text() == "{}" and resumed != out
+    distributed.discard(resumed)
+    assert not resumed.parent.exists() and (out / "state.json").exists()
+    distributed.discard(out)  # never the user's directory
+    assert out.exists()
