@@ -25,7 +25,7 @@ import torch
 from edgecompress import zoo
 from edgecompress.measure import count_macs
 from edgecompress.search.latency_model import LatencyTable, measure_models, prediction_error
-from edgecompress.search.space import SearchSpace
+from edgecompress.search.nas_space import SearchSpace
 
 RESULTS = Path(__file__).parent / "results"
 SHAPE = (1, 28, 28)

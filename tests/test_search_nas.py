@@ -12,7 +12,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.recipe import parse_recipe
 from edgecompress.search.latency_model import LatencyTable, measure_models, prediction_error, units
 from edgecompress.search.nas import NASConfig, choose, pareto_front
-from edgecompress.search.space import SearchSpace
+from edgecompress.search.nas_space import SearchSpace
 from edgecompress.settings import ExportSettings
 
 STAGE = {"channels": 8, "depth": [1], "width": [1.0], "kernel": [3], "activation": ["relu"], "block": ["conv"]}

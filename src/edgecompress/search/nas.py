@@ -31,7 +31,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs, count_params
 from edgecompress.registry import CPU_AND_CUDA, register
 from edgecompress.search.latency_model import LatencyTable, measure_models, prediction_error
-from edgecompress.search.space import SearchSpace, load_space
+from edgecompress.search.nas_space import SearchSpace, load_space
 from edgecompress.train import TrainSettings, accuracy, train
 
 STAGE = "search.nas"
