@@ -125,6 +125,8 @@ def test_only_rank_0_writes_the_run_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "is_main", lambda: False)
     scratch = distributed.rank_dir(out, resume=False)
     assert tmp_path not in scratch.parents and not scratch.exists()
+    distributed.discard(scratch)
+    assert not scratch.parent.exists()
     out.mkdir()
     (out / "state.json").write_text("{}")
     resumed = distributed.rank_dir(out, resume=True)  # a resumed rank continues from a copy of rank 0's run
