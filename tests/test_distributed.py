@@ -49,7 +49,8 @@ def _train_digits(batch_size: int = 64) -> dict:
     model = zoo.build("mnist_cnn", task.input_shape, task.num_classes, width=0.5)
     history = train(model, task, epochs=3, lr=0.05, batch_size=batch_size, progress=False)
     result = {"state": {k: v.clone() for k, v in model.state_dict().items()},
-              "accuracy": accuracy(model, task, "test"), "loss": history[-1]["loss"]}
+              "accuracy": accuracy(model, task, "test"), "loss": history[-1]["loss"],
+              "from_main": distributed.from_main([float(distributed.rank()), 2.5])}
     try:
         train(model, task, epochs=1, lr=0.05, batch_size=63, progress=False)
     except EdgeCompressError as err:
@@ -67,6 +68,7 @@ def test_ddp_training_matches_one_process():
     assert abs(a["accuracy"] - one["accuracy"]) <= 0.02, (a["accuracy"], one["accuracy"])
     assert one["accuracy"] > 0.85
     assert "odd_batch_error" not in one  # one process splits any batch
+    assert a["from_main"] == b["from_main"] == [0.0, 2.5]  # rank 0's timings decide on every rank
     # a world size the data cannot be split over is a clear error on every rank
     for rank in (a, b):
         assert "batch_size 63 is not a multiple of 2" in rank["odd_batch_error"]

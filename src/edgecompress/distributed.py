@@ -164,6 +164,17 @@ def all_reduce_sum(*tensors: torch.Tensor) -> None:
             t.copy_(work)
 
 
+def from_main(values: list[float]) -> list[float]:
+    """Rank 0's ``values`` on every rank (timings differ between ranks; decisions taken on them must not)."""
+    if not active():
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.to(f"cuda:{torch.cuda.current_device()}")
+    dist.broadcast(t, 0)
+    return t.cpu().tolist()
+
+
 def sum_count(value: float | int) -> float:
     """``value`` added over the ranks (a count or a loss total)."""
     t = torch.tensor([float(value)], dtype=torch.float64)

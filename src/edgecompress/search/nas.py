@@ -10,6 +10,9 @@ together (interleaved rounds), which also reports the table's error on them. The
 member within ``tolerance`` points of the front's best accuracy (or the most accurate within ``max_latency_ms``),
 is fine-tuned for ``final_epochs`` and returned; the pipeline exports and measures it.
 
+Under ``torchrun`` the candidates train data-parallel and every rank takes rank 0's latencies, so all ranks
+choose the same architectures.
+
 Shortcut, named in the report: candidates are trained for a few epochs on at most ``max_batches`` batches, so
 their accuracies rank architectures rather than predict the final accuracy (no weight-sharing supernet).
 """
@@ -25,7 +28,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from edgecompress import zoo
+from edgecompress import distributed, zoo
 from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs, count_params
@@ -136,8 +139,8 @@ def search_nas(model: nn.Module, config: NASConfig, ctx: StageContext) -> nn.Mod
                   batch_size=config.batch_size, weight_decay=config.weight_decay, seed=ctx.seed, progress=False,
                   max_batches=config.max_batches, description=f"{STAGE} trial {trial.number}")
             net = net.cpu().eval()
-            latency = (table.predict(net, task.input_shape) if config.latency == "model"
-                       else measure_models([net], task.input_shape, threads)[0])
+            latency, = distributed.from_main([table.predict(net, task.input_shape) if config.latency == "model"
+                                              else measure_models([net], task.input_shape, threads)[0]])
             scored[key] = {"arch": key, "stages": stages, "val_accuracy": accuracy(net, task, "val"),
                            "latency_ms": latency, "macs": count_macs(net, task.example_inputs(1)),
                            "params": count_params(net), "train_seconds": time.perf_counter() - began, "model": net}
@@ -154,7 +157,7 @@ def search_nas(model: nn.Module, config: NASConfig, ctx: StageContext) -> nn.Mod
     rows = list(scored.values())
     front = [rows[i] for i in pareto_front([(r["val_accuracy"], r["latency_ms"]) for r in rows])]
     reference = copy.deepcopy(model).cpu().eval()
-    timed = measure_models([m["model"] for m in front] + [reference], task.input_shape, threads)
+    timed = distributed.from_main(measure_models([m["model"] for m in front] + [reference], task.input_shape, threads))
     ref_ms, ref_macs = timed[-1], count_macs(reference, task.example_inputs(1))
     for member, ms in zip(front, timed):
         member.update(measured_ms=ms, latency_x=ref_ms / ms, macs_x=ref_macs / max(member["macs"], 1))
