@@ -3,7 +3,8 @@ GPUs) joining them.
 
 ``torchrun --nproc-per-node N edgecompress run RECIPE`` runs the same recipe in N processes. :func:`start` joins
 the process group (after checking that the loopback interface is up: without a network the rendezvous on
-127.0.0.1 needs it), :func:`rank_dir` gives rank 0 the run directory and every other rank a private scratch copy,
+127.0.0.1 needs it; torchrun's own agent meets there first and fails by itself when it is down, so the check
+serves processes started by other launchers, and a failed join names the interface too), :func:`rank_dir` gives rank 0 the run directory and every other rank a private scratch copy,
 so only rank 0 writes the user's run. Training (:func:`edgecompress.train.train`) wraps the model in
 ``DistributedDataParallel`` and gives each rank its share of every global batch (:func:`local_part`): the global
 batch stays the recipe's ``batch_size``, so a recipe needs no change. Calibration statistics are sums; the
@@ -81,7 +82,13 @@ def start(device: str) -> str:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=30))
+    try:
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=30))
+    except (RuntimeError, ValueError) as err:  # DistNetworkError / DistStoreError are RuntimeErrors
+        raise EdgeCompressError(f"the {os.environ.get('WORLD_SIZE')} processes could not join: "
+                                f"{str(err).splitlines()[0]}", where="torchrun",
+                                fix="check MASTER_ADDR/MASTER_PORT and that the loopback interface is up "
+                                    "(`ip link set lo up`), or run one process without torchrun") from None
     return device
 
 
