@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgecompress import placement, zoo
+from edgecompress import distributed, placement, zoo
 from edgecompress.checkpoint import load_model, save_model
 from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
@@ -89,7 +89,7 @@ def load(recipe: Recipe, task: Task, *, trust_pickle: bool = False, train: bool 
     run_training(placement.move(model, device), task, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
                  seed=recipe.seed, progress=progress, description="baseline training")
     placement.move(model, placement.CPU).eval()
-    if spec.pretrain.cache:
+    if spec.pretrain.cache and distributed.is_main():  # under torchrun every rank holds the same model
         _store(model, folder)
     return model
 

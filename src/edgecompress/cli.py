@@ -69,7 +69,10 @@ def run(
                                                                "recipe's (default: half the usable CPUs, at least 1)"),
     wide: bool = typer.Option(False, "--wide", help=_WIDE_HELP),
 ) -> None:
-    """Run a compression recipe and print the per-stage table and the report path."""
+    """Run a compression recipe and print the per-stage table and the report path.
+
+    Under ``torchrun --nproc-per-node N`` the training stages run data-parallel; only rank 0 writes the run."""
+    from edgecompress import distributed
     from edgecompress.pipeline import Pipeline
     from edgecompress.recipe import load_recipe
 
@@ -85,10 +88,16 @@ def run(
         if threads is not None:
             parsed = parsed.with_threads(threads)
         out = out or Path("runs") / f"{parsed.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        result = Pipeline(parsed, out, resume=resume is not None, force=force, trust_pickle=trust_pickle,
-                          progress=progress).run()
+        parsed = parsed.with_device(distributed.start(parsed.device))
+        main = distributed.is_main()
+        result = Pipeline(parsed, distributed.rank_dir(out, resume is not None), resume=resume is not None,
+                          force=force, trust_pickle=trust_pickle, progress=progress and main, report=main).run()
+        distributed.discard(result.run_dir)
+        distributed.stop()
     except EdgeCompressError as err:
         _fail(err)
+    if not main:
+        return
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     _print_stage_tables(metrics, wide)
     out_console.print(f"artifact: {result.artifact.path}")

@@ -20,6 +20,7 @@ from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from edgecompress import distributed
 from edgecompress.errors import EdgeCompressError
 from edgecompress.nn.layers import LAYER_TYPES
 from edgecompress.registry import StageConfig
@@ -139,6 +140,10 @@ def train(
     of the model's parameters: batches are moved there; the teacher may be on another device.
     History entries: ``{"epoch", "loss", "val_accuracy", "lr", "seconds"}`` (``val_accuracy``: None
     without labels; ``lr``: at the start of the epoch).
+    Under ``torchrun`` (:mod:`edgecompress.distributed`) the model trains in ``DistributedDataParallel``: every
+    rank takes its share of each global batch of ``batch_size`` and the gradients are averaged, so the run
+    follows one process's (BatchNorm sees each rank's share of the batch; rank 0's running statistics are kept);
+    ``loss`` is averaged over the ranks.
     """
     if not task.has_labels and (teacher is None or alpha < 1):
         raise EdgeCompressError(
@@ -149,6 +154,8 @@ def train(
     if not params:
         raise EdgeCompressError("the model has no trainable parameters (all have requires_grad=False)")
     device = params[0].device
+    distributed.check_split(len(task.train), batch_size, description)
+    net = distributed.wrap(model)
     was_training, teacher_was_training = model.training, teacher is not None and teacher.training
     history: list[dict] = []
     rng_devices = [device.index] if device.type == "cuda" else []  # a CUDA model's dropout draws from the GPU's RNG
@@ -172,10 +179,14 @@ def train(
                     on_epoch(epoch)
                 model.train()
                 start, total, seen, epoch_lr = time.perf_counter(), 0.0, 0, opt.param_groups[0]["lr"]
-                for step, (x, y, *soft) in enumerate(loader):
+                for step, batch in enumerate(loader):
                     if step >= per_epoch:
                         break
-                    loss = _loss(model, task, [x.to(device), y.to(device)], soft[0].to(device) if soft else None,
+                    part = distributed.local_part(batch)
+                    if part is None:  # a last batch too small to share among the ranks
+                        continue
+                    x, y, *soft = part
+                    loss = _loss(net, task, [x.to(device), y.to(device)], soft[0].to(device) if soft else None,
                                  temperature, alpha, loss_weights)
                     value = loss.item()
                     if not math.isfinite(value):
@@ -188,9 +199,11 @@ def train(
                         sched.step()
                     total, seen = total + value * len(x), seen + len(x)
                     bar.update(bar_task, advance=1, status=f"epoch {epoch}/{epochs} loss {total / seen:.4f}")
+                total, seen = distributed.sum_count(total), distributed.sum_count(seen)
                 acc = accuracy(model, task, "val") if task.has_labels else None
                 history.append({"epoch": epoch, "loss": total / max(seen, 1), "val_accuracy": acc,
                                 "lr": epoch_lr, "seconds": time.perf_counter() - start})
+            distributed.sync_buffers(model)
         finally:
             model.train(was_training)
             if teacher is not None:

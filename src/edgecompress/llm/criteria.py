@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from edgecompress import distributed
 from edgecompress.placement import torch_threads
 from edgecompress.quant.weights.gptq import _inverse_cholesky
 
@@ -47,6 +48,12 @@ class InputStats:
         if self.xtx is not None:
             self.xtx += (x.T @ x).double().cpu()
         self.tokens += x.shape[0]
+
+    def reduce(self) -> InputStats:
+        """Add the other ranks' sums (data-parallel calibration under torchrun; a no-op in one process)."""
+        distributed.all_reduce_sum(*([self.sumsq] if self.xtx is None else [self.sumsq, self.xtx]))
+        self.tokens = int(distributed.sum_count(self.tokens))
+        return self
 
     @property
     def norms(self) -> torch.Tensor:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edgecompress import distributed
 from edgecompress.llm.arch import INPUT_GROUPS, Transformer
 from edgecompress.llm.criteria import InputStats
 
@@ -55,7 +56,7 @@ def capture_calls(arch: Transformer, batches: Iterable[dict[str, torch.Tensor]],
     handle = arch.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with torch.no_grad():
-            for batch in batches:
+            for batch in distributed.shard(list(batches)):  # under torchrun each rank keeps its own batches
                 try:
                     arch.model(**batch, use_cache=False) if arch.family.kind == "decoder" else arch.model(**batch)
                 except _Stop:
@@ -95,7 +96,7 @@ def collect_stats(arch: Transformer, i: int, layer: nn.Module, calls: list[Layer
     finally:
         for h in handles:
             h.remove()
-    return stats
+    return {group: s.reduce() for group, s in stats.items()}
 
 
 def run_layers(arch: Transformer, calls: list[LayerCall], visit: Callable[[int, nn.Module, list[LayerCall]], None],

@@ -273,6 +273,8 @@ def _layer_bars(names: list[str], shares: list[float], labels: list[tuple[str, s
 
 def make_plots(metrics: dict) -> list[Plot]:
     """All report figures the run has data for, in display order."""
+    from edgecompress.report.search_plots import nas_front
+
     name = headline(metrics)[1].capitalize()
     makers = [
         (f"{name} vs size", "Each point is a stage, numbered in order; arrows follow the pipeline.", accuracy_vs_size),
@@ -282,6 +284,8 @@ def make_plots(metrics: dict) -> list[Plot]:
         ("Kept channels", "Output channels (or features) of each conv/linear layer that the final model keeps.",
          kept_channels),
         ("Sparsity", "Share of exactly-zero weights left in each layer of the final model.", layer_sparsity),
+        ("Architecture search", "Validation accuracy vs ONNX Runtime latency of every candidate of search.nas; "
+         "the line is the Pareto front.", nas_front),
     ]
     plots = [Plot(title, caption, maker(metrics), wide=maker is stage_bars) for title, caption, maker in makers]
     return [plot for plot in plots if plot.png]

@@ -9,7 +9,7 @@ the lukemelas EfficientNet layout).
 Add an architecture with ``@register_model("name")`` in a module imported below.
 """
 
-from edgecompress.zoo import cnn, dscnn, efficientnet, mobilenet, resnet, vgg  # noqa: F401  (registers the models)
+from edgecompress.zoo import cnn, dscnn, efficientnet, mobilenet, resnet, searchable, vgg  # noqa: F401  (registers the models)
 from edgecompress.zoo.registry import MODELS, build, names, register_model
 
 __all__ = ["MODELS", "build", "names", "register_model"]

@@ -23,6 +23,7 @@ import math
 import torch
 from torch import nn
 
+from edgecompress import distributed
 from edgecompress.nn import im2col
 from edgecompress.quant.weights.quantizer import QuantizedWeight, QuantSpec, group_params, quantize_codes
 
@@ -45,6 +46,12 @@ class Hessian:
         x = im2col.input_rows(self.layer, x)  # [G, n, k]
         self.xtx += x.transpose(1, 2) @ x
         self.rows += x.shape[1]
+
+    def reduce(self) -> Hessian:
+        """Add the other ranks' sums (data-parallel calibration under torchrun; a no-op in one process)."""
+        distributed.all_reduce_sum(self.xtx)
+        self.rows = int(distributed.sum_count(self.rows))
+        return self
 
     def matrix(self, group: int) -> torch.Tensor:
         """``H = 2 X^T X / rows`` of one conv group."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgecompress import distributed
 from edgecompress.errors import EdgeCompressError
 from edgecompress.nn import im2col
 from edgecompress.nn.capture import forward_order
@@ -78,7 +79,7 @@ def quantize_layers(model: nn.Module, specs: dict[str, QuantSpec], x: torch.Tens
         hessians[name].add(batch.input)
 
     def apply(name: str) -> None:
-        qw, used = _gptq_layer(model.get_submodule(name), hessians.pop(name), specs[name], damp, act_order)
+        qw, used = _gptq_layer(model.get_submodule(name), hessians.pop(name).reduce(), specs[name], damp, act_order)
         store(name, qw, **({"damp": used} if used != damp else {}))
 
     gptq_layers = []
@@ -90,5 +91,6 @@ def quantize_layers(model: nn.Module, specs: dict[str, QuantSpec], x: torch.Tens
             store(name, rtn(model.get_submodule(name).weight.detach().flatten(1), spec),
                   **({"algorithm": f"rtn ({why_not})"} if why_not else {}))
     if gptq_layers:
+        x = distributed.shard_batches(x, BATCH)  # under torchrun each rank observes its own batches
         run_sequential(model, x, gptq_layers, observe=observe, apply=apply, batch_size=BATCH)
     return {n: quantized[n] for n in specs}, {n: table[n] for n in specs}
