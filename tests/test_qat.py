@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 import onnx.numpy_helper
@@ -100,3 +102,20 @@ def test_shared_module_instance_is_explained(digits_task, tmp_path):
     with pytest.raises(EdgeCompressError, match="'relu' run more than once") as err:
         run_qat(digits_task, SharedReLU(), tmp_path)
     assert err.value.where == "quant.qat" and "own module instance" in err.value.fix
+
+
+def test_pipeline_reloads_the_qat_stage_checkpoint(digits_task, digits_cnn, tmp_path):
+    """The pipeline reloads every stage's checkpoint (the model a resume continues from): the float model QAT
+    returns keeps its module tree (folded BatchNorms as exact identities) and reloads with the same outputs."""
+    from edgecompress import compress
+    from edgecompress.checkpoint import load_model
+
+    recipe = parse_recipe({"name": "qat-reload", "data": {"dataset": "digits"},
+                           "stages": [{"method": "quant.qat", "epochs": 1, "calib_samples": 64}],
+                           "targets": {"max_accuracy_drop": None}, "export": {"repeats": 3, "warmup": 1}})
+    result = compress(model=digits_cnn, recipe=recipe, out=tmp_path / "run", progress=False)
+    assert result.history[-1]["metrics"]["accuracy"] > 0.9
+    reloaded = load_model(tmp_path / "run" / result.history[-1]["checkpoint"], lambda arch: copy.deepcopy(digits_cnn))
+    x = digits_task.example_inputs(8)
+    with torch.no_grad():
+        assert torch.allclose(reloaded.eval()(x), result.model.eval()(x), atol=1e-5)

@@ -48,7 +48,7 @@ from edgecompress.context import StageContext, StageOutput
 from edgecompress.errors import EdgeCompressError
 from edgecompress.export.artifact import Artifact
 from edgecompress.runtimes.onnxruntime import export_onnx
-from edgecompress.nn.bn import fold_batchnorms
+from edgecompress.nn.bn import fold_batchnorms, is_identity_bn
 from edgecompress.nn.layers import build_graph
 from edgecompress.quant.ptq import (
     _DYNAMIC_BATCH,
@@ -101,7 +101,8 @@ class QATConfig(TrainSettings):
 class QATModel(nn.Module):
     """The prepared PT2E graph behind ``train()``/``eval()``. An exported graph switches BN and dropout by
     rewriting its ops (``move_exported_model_to_train/eval``, a few pattern exports each): skipped when it has
-    neither, and kept in eval form once BN is frozen. ``float_model`` is the module that was exported."""
+    neither, and kept in eval form once BN is frozen. ``float_model`` is the module that was exported, with folded
+    BatchNorms kept as exact identities (so checkpoints rebuild the original module tree)."""
 
     def __init__(self, graph: torch.fx.GraphModule, float_model: nn.Module):
         super().__init__()
@@ -202,8 +203,13 @@ def _prepare(model: nn.Module, config: QATConfig, calib: torch.Tensor, qmin: int
     model = copy.deepcopy(model).eval()
     _check_shared(model, calib[:2])
     exclude = check_module_names(model, config.exclude, "quant.qat")
-    if config.freeze_bn_after == 0:
-        fold_batchnorms(model, build_graph(model, calib[:2]), remove=True)
+    traced = model
+    if config.freeze_bn_after == 0:  # folded BNs stay in `model` as exact identities; the traced copy drops them
+        fold_batchnorms(model, build_graph(model, calib[:2]))
+        traced = copy.deepcopy(model)
+        for name, module in list(traced.named_modules()):
+            if is_identity_bn(module):
+                traced.set_submodule(name, nn.Identity())
     base = get_default_x86_inductor_quantization_config(is_qat=True)
     observer = MovingAveragePerChannelMinMaxObserver if config.per_channel else MovingAverageMinMaxObserver
     weight = dataclasses.replace(  # see the module docstring for why not the recipe's fused fake-quant
@@ -214,7 +220,7 @@ def _prepare(model: nn.Module, config: QATConfig, calib: torch.Tensor, qmin: int
     quantizer = X86InductorQuantizer().set_global(dataclasses.replace(base, weight=weight))
     for name in exclude:
         quantizer.set_module_name_qconfig(name, None)
-    program = torch.export.export(model.train(), (calib[:2],), dynamic_shapes=_DYNAMIC_BATCH)
+    program = torch.export.export(traced.train(), (calib[:2],), dynamic_shapes=_DYNAMIC_BATCH)
     return QATModel(prepare_qat_pt2e(program.module(), quantizer), model)
 
 
@@ -230,10 +236,15 @@ def _check_shared(model: nn.Module, example: torch.Tensor) -> None:
 
 
 def float_copy(qmodel: QATModel) -> nn.Module:
-    """The exported float module with the trained weights and BN statistics (the graph keeps their names)."""
+    """The exported float module with the trained weights and BN statistics (the graph keeps their names); the
+    folded BatchNorms, absent from the graph, stay exact identities."""
     trained = copy.deepcopy(qmodel.float_model[0])
     graph_state = qmodel.graph.state_dict()
-    trained.load_state_dict({k: graph_state[k] for k in trained.state_dict()})
+    folded = {f"{n}." for n, m in trained.named_modules() if is_identity_bn(m)}
+    missing = [k for k in trained.state_dict() if k not in graph_state and not k.startswith(tuple(folded))]
+    if missing:
+        raise RuntimeError(f"the trained graph lacks {', '.join(missing[:5])}")
+    trained.load_state_dict({k: v for k, v in graph_state.items() if k in trained.state_dict()}, strict=False)
     return trained.eval()
 
 
