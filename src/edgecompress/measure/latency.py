@@ -12,7 +12,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,3 +50,17 @@ def benchmark(artifact: Artifact, input_shape: Sequence[int], *, threads: int = 
                                 fix="check that the artifact runs: artifact.runner()(batch)")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of one call of each function in each of ``rounds`` rounds, the functions taking turns within a round
+    (so a load change on a shared machine hits all alike); one untimed call of each first."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return times

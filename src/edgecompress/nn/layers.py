@@ -3,9 +3,15 @@ dependency graph of a model."""
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+
 import torch
 import torch_pruning as tp
 from torch import nn
+
+from edgecompress.errors import EdgeCompressError
 
 LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -28,3 +34,23 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependency
             return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
     finally:
         model.train(was_training)
+
+
+def resolve_layers(model: nn.Module, patterns: Iterable[str], where: str) -> set[str]:
+    """Names of the modules matched by ``patterns`` (exact names or fnmatch globs) and all their submodules.
+
+    A pattern that matches nothing raises an EdgeCompressError listing the closest module names.
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    matched: set[str] = set()
+    for pattern in patterns:
+        hits = [n for n in names if fnmatchcase(n, pattern)]
+        if not hits:
+            close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.4)
+            raise EdgeCompressError(
+                f"no module named {pattern!r} in the model",
+                where=where,
+                fix=f"close names: {', '.join(close)}" if close else "run `edgecompress inspect` to list the layer names",
+            )
+        matched.update(n for n in names if any(n == h or n.startswith(h + ".") for h in hits))
+    return matched
