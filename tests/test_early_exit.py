@@ -125,3 +125,27 @@ def test_unusable_backbones_and_bad_points(digits_cnn, digits_task, tmp_path):
     assert "features_3" in err.value.fix
     with pytest.raises(EdgeCompressError, match="1 thresholds for 2 exits"):
         run(digits_cnn, digits_task, tmp_path, thresholds=[0.9])
+
+
+@pytest.mark.slow
+def test_recipe_factorizes_then_exits_end_to_end(tmp_path, digits_task):
+    from edgecompress.pipeline import Pipeline
+    from edgecompress.recipe import parse_recipe
+
+    recipe = parse_recipe({
+        "name": "lowrank-exit", "seed": 1,
+        "model": {"zoo": "mnist_cnn", "pretrain": {"epochs": 4, "batch_size": 32}},
+        "data": {"dataset": "digits"},
+        "stages": [{"method": "factorize.lowrank", "target_macs_ratio": 0.6, "recovery": {"epochs": 2}},
+                   {"method": "dynamic.early_exit", "epochs": 3, "latency_samples": 20, "latency_rounds": 1}],
+        "export": {"repeats": 5, "warmup": 1}, "targets": {"max_accuracy_drop": 10.0},
+    })
+    result = Pipeline(recipe, tmp_path / "run", task=digits_task, progress=False, report=False).run()
+    final = result.history[-1]
+    assert final["metrics"]["format"] == "onnx_exits" and result.artifact.path.name == "model.exits"
+    assert final["metrics"]["macs"] <= 0.6 * result.history[0]["metrics"]["macs"]
+    assert final["metrics"]["accuracy"] >= final["info"]["test_accuracy_full"] - 0.05
+    x = digits_task.split("test").tensors[0][:50]
+    logits, which = predict(result.model.exit_heads.segments(result.model), result.model.exit_heads.thresholds, x)
+    ort_logits, ort_which = result.artifact.runner().run(x.numpy())  # the copy in artifacts/, from the reloaded model
+    assert np.array_equal(ort_which, which.numpy()) and np.array_equal(ort_logits.argmax(1), logits.argmax(1).numpy())

@@ -121,3 +121,22 @@ def test_separable_stage_saves_macs_and_recovers(digits_task, digits_cnn):
     assert ctx.info["macs_after"] < 0.5 * ctx.info["macs_before"]
     assert sum(isinstance(m, SeparableConv2d) for m in out.modules()) == len(ctx.info["rewritten"]) >= 3
     assert accuracy(out, digits_task, "test") >= 0.85
+
+
+@pytest.mark.slow
+def test_lowrank_on_transformer_projections_in_an_embedding_recipe(tmp_path):
+    pytest.importorskip("transformers")
+    from test_llm_pipeline import lm_recipe, save_tiny
+
+    from edgecompress import compress
+    from edgecompress.recipe import parse_recipe
+
+    user = save_tiny(tmp_path / "enc", kind="bert")
+    recipe = lm_recipe(user, [{"method": "factorize.lowrank", "rank": 16, "layers": ["encoder.*"]}], task="embedding")
+    recipe["targets"] = {"max_accuracy_drop": 50.0}
+    result = compress(recipe=parse_recipe(recipe), out=tmp_path / "run", progress=False)
+    info, final = result.history[-1]["info"], result.history[-1]["metrics"]
+    assert {r["name"] for r in info["factorized"]} >= {"encoder.layer.0.attention.self.query",
+                                                        "encoder.layer.1.intermediate.dense"}
+    assert info["macs_after"] < info["macs_before"] and 0.5 < final["embedding_cosine"] < 1
+    assert isinstance(result.model.encoder.layer[0].attention.self.query, LowRankLinear)

@@ -18,6 +18,7 @@ from edgecompress.dynamic.heads import ExitHeads, all_exit_logits, calibrate, pr
 from edgecompress.dynamic.split import cut_points, prefix_macs, resolve_points, segments, trace
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.latency import interleaved
+from edgecompress.nn.layers import LAYER_TYPES
 from edgecompress.nn.rebuild import set_module
 from edgecompress.registry import StageConfig, register
 from edgecompress.runtimes import get as get_runtime
@@ -54,13 +55,16 @@ class EarlyExitConfig(StageConfig):
 
 
 def choose_points(model: nn.Module, example: torch.Tensor, config: EarlyExitConfig) -> list[str]:
-    """The configured split points, or ``exits`` of them spread over the network by MACs."""
+    """The configured split points, or ``exits`` of them spread over the network by MACs (automatic ones only
+    where a layer's output is complete: not right after a Conv, Linear or BatchNorm)."""
     gm = trace(model, STAGE)
     if config.split_points:
         return resolve_points(gm, config.split_points, f"{STAGE}.split_points")
     prefix = prefix_macs(model, gm, example)
     total = max(prefix.values())
-    usable = [n.name for n in cut_points(gm) if 0 < prefix[n.name] < total]
+    modules = dict(model.named_modules())
+    usable = [n.name for n in cut_points(gm) if 0 < prefix[n.name] < total  # after an activation, pooling or add
+              and not isinstance(modules.get(str(n.target)), (*LAYER_TYPES, nn.modules.batchnorm._NormBase))]
     if not usable:
         raise EdgeCompressError("the backbone has no usable split points: no point between its first and last layer "
                                 "where one value carries everything the rest needs", where=STAGE,

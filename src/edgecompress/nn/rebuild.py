@@ -44,6 +44,10 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def restore(model: nn.Module, recorded: dict[str, Any], where: str) -> None:
     """Build the recorded modules (see :func:`specs`) into ``model``, parents before children."""
+    if any(isinstance(e, dict) and e.get("class") not in _CLASSES for e in recorded.values()):
+        from edgecompress.registry import all_stages
+
+        all_stages()  # the built-in stages register the classes they insert
     for name in sorted(recorded, key=lambda n: n.count(".")):
         entry = recorded[name]
         cls = _CLASSES.get(entry.get("class")) if isinstance(entry, dict) else None
