@@ -109,26 +109,29 @@ def part_exits(task, args) -> dict:
     model = dense("resnet20", task, args)
     full = onnx_runner(model, task, "resnet20-full")
     results = {}
-    for training in args.exit_training:
+    for variant in args.exit_variants:
+        training, exits = variant.split(":")
+        lr = args.joint_lr if training == "joint" else 1e-3
         _, info, out = stage("dynamic.early_exit", model, task, training=training, epochs=args.exit_epochs,
-                             exits=2, latency_samples=args.samples, latency_rounds=args.rounds)
+                             exits=int(exits), lr=lr, latency_samples=args.samples, latency_rounds=args.rounds)
         run = out.artifact.runner(1)
         calibrated = list(run.thresholds)
         sweep = {f"shared {t}": [t] * len(calibrated) for t in args.thresholds}
         rows = []
-        for label, thresholds in {"calibrated (max drop 1 pt)": calibrated, **sweep}.items():
+        for label, thresholds in {"calibrated (max drop 1 pt)": calibrated, **sweep}.items():  # one artifact
             run.thresholds = thresholds
             x, y = (t.numpy() for t in task.split("test").tensors)
             logits, which = run.run(x)
             times = timing({"full": full, "early_exit": run}, task, args)
             rows.append({"thresholds": [round(t, 4) for t in thresholds], "label": label,
                          "accuracy": float((logits.argmax(1) == y).mean()),
-                         "exit_share": [round(float(c) / len(y), 3) for c in np.bincount(which, minlength=3)],
+                         "exit_share": [round(float(c) / len(y), 3) for c in np.bincount(which, minlength=len(run.sessions))],
                          "ms": times["early_exit"]["ms"], "ms_full": times["full"]["ms"],
                          "speedup": times["early_exit"]["speedup"], "speedup_range": times["early_exit"]["speedup_range"]})
             print(json.dumps(rows[-1]), file=sys.stderr)
-        results[training] = {"split_points": info["split_points"], "full_accuracy": test_accuracy(full, task),
-                             "stage_info": {k: v for k, v in info.items() if k != "loss_per_epoch"}, "rows": rows}
+        results[f"{training}, {exits} exits, Adam lr {lr}"] = {
+            "split_points": info["split_points"], "full_accuracy": test_accuracy(full, task),
+            "stage_info": {k: v for k, v in info.items() if k != "loss_per_epoch"}, "rows": rows}
     return results
 
 
@@ -161,31 +164,80 @@ def render(part: str, result: dict) -> str:
     head = f"# Edge toolbox: {part}\n\nCommand: `{result['command']}`\n\n{result['note']}\n\n"
     if part == "exits":
         return head + "\n\n".join(
-            f"## Exit heads trained {training} (split points {r['split_points']}; full network test accuracy "
+            f"## Exit heads: {training} (split points {r['split_points']}; full network test accuracy "
             f"{r['full_accuracy']:.4f})\n\n" + _table(r["rows"], ["label", "thresholds", "accuracy", "exit_share", "ms",
                                                                   "ms_full", "speedup", "speedup_range"])
             for training, r in result.items() if isinstance(r, dict) and "rows" in r) + "\n"
-    keys = ["model", "variant", "accuracy", "macs", "params", "ms", "speedup", "speedup_range"]
+    if part == "separable":
+        head += (f"Exact rewrite (multiplier 9 = 3x3, no recovery): max |output difference| "
+                 f"{result['exact_max_abs_diff']:.2e} on 64 test inputs, {result['exact_macs']} MACs. Multiplier 1: "
+                 f"{result['rewritten']} convolutions rewritten, left: {result['skipped']}.\n\n")
+    keys = ["model", "variant", "accuracy", "cosine", "retrieval_top1", "macs", "params", "ms", "speedup",
+            "speedup_range"]
     return head + _table(result["rows"], [k for k in keys if k in result["rows"][0]]) + "\n"
+
+
+def part_minilm(task, args) -> dict:
+    """all-MiniLM-L6-v2: prune.composite (half the MLP neurons) vs factorize.lowrank of the encoder's projections at
+    the same MACs, no recovery; cosine of the artifact's embeddings to the dense model's, retrieval, latency."""
+    from edgecompress import compress
+    from edgecompress.recipe import parse_recipe
+
+    def recipe(stages):
+        return parse_recipe({"name": "minilm", "model": {"hf": "all-minilm-l6-v2"},
+                             "data": {"dataset": "text", "task": "embedding", "tokenizer": "all-minilm-l6-v2",
+                                      "seq_len": 64, "max_sequences": 128},
+                             "stages": stages, "targets": {"max_accuracy_drop": None},
+                             "export": {"threads": 1, "warmup": 3, "repeats": 20}})
+
+    work = Path(args.work)
+    pruned = compress(recipe=recipe([{"method": "prune.composite", "mlp": args.minilm_mlp, "samples": 32}]),
+                      out=work / "minilm-composite", progress=False, force=True)
+    ratio = pruned.history[-1]["metrics"]["macs"] / pruned.history[0]["metrics"]["macs"]
+    low = compress(recipe=recipe([{"method": "factorize.lowrank", "target_macs_ratio": round(ratio + 1e-4, 4),
+                                   "layers": ["encoder.*"]}]), out=work / "minilm-lowrank", progress=False, force=True)
+    runs = {"dense": (pruned, 0), "prune.composite": (pruned, -1), "factorize.lowrank": (low, -1)}
+    from edgecompress.runtimes import Artifact
+
+    runners = {}
+    for k, (res, i) in runs.items():
+        a = res.history[i]["artifact"]
+        runners[k] = Artifact.from_json({**a, "path": str(res.out / a["path"]),
+                                         "extra_files": [str(res.out / f) for f in a["extra_files"]]}).runner(1)
+    ids = np.ones((1, 64), dtype=np.int64) * 1000
+    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    times = interleaved({k: (lambda r=r: [r(inputs) for _ in range(20)]) for k, r in runners.items()}, args.rounds)
+    rows = []
+    for k, (res, i) in runs.items():
+        m = res.history[i]["metrics"]
+        ratios = [a / b for a, b in zip(times["dense"], times[k], strict=True)]
+        rows.append({"model": "all-MiniLM-L6-v2", "variant": k, "cosine": m.get("embedding_cosine"),
+                     "retrieval_top1": m.get("retrieval_top1"), "macs": m["macs"], "params": m["params"],
+                     "ms": round(statistics.median(times[k]) * 1e3 / 20, 3), "speedup": round(statistics.median(ratios), 3),
+                     "speedup_range": [round(min(ratios), 3), round(max(ratios), 3)],
+                     "skipped": len(res.history[i]["info"].get("skipped", {})) if k == "factorize.lowrank" else None})
+    return {"rows": rows, "macs_ratio": ratio}
 
 
 def main() -> None:
     global args_global
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=["lowrank", "exits", "separable", "all"], default="all")
+    p.add_argument("--part", choices=["lowrank", "exits", "separable", "minilm", "all"], default="all")
     p.add_argument("--work", default="/tmp/edge_toolbox")
     p.add_argument("--train-epochs", type=int, default=6)
     p.add_argument("--recover-epochs", type=int, default=2)
     p.add_argument("--macs-ratio", type=float, default=0.5)
     p.add_argument("--modes", nargs="+", default=["tucker2", "channel"])
-    p.add_argument("--exit-training", nargs="+", default=["frozen", "joint"])
-    p.add_argument("--exit-epochs", type=int, default=4)
+    p.add_argument("--exit-variants", nargs="+", default=["frozen:2", "frozen:3", "joint:2"], help="training:exits")
+    p.add_argument("--exit-epochs", type=int, default=8)
+    p.add_argument("--joint-lr", type=float, default=1e-4)
     p.add_argument("--thresholds", nargs="+", type=float, default=[0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.01])
+    p.add_argument("--minilm-mlp", type=float, default=0.5)
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--rounds", type=int, default=5)
     args_global = args = p.parse_args()
     torch.set_num_threads(1)
-    task = load_task(data_spec(dataset="mnist5k"))
+    task = load_task(data_spec(dataset="mnist5k")) if args.part != "minilm" else None
     parts = ["lowrank", "exits", "separable"] if args.part == "all" else [args.part]
     for part in parts:
         result = {"command": "python " + " ".join(sys.argv), "note": NOTE, "setup": vars(args),

@@ -35,16 +35,16 @@ class EarlyExitConfig(StageConfig):
                                     "value the rest of the network needs (empty: automatic, spread by MACs)")
     exits: int = Field(2, ge=1, le=16, description="automatic split points: how many, at k/(exits+1) of the MACs")
     head_hidden: int = Field(64, ge=1, le=8192, description="hidden width of each exit head's two-layer classifier")
-    head_pool: int = Field(4, ge=1, le=64, description="each head first average-pools its input to this size per side")
+    head_pool: int = Field(7, ge=1, le=64, description="each head first average-pools its input to this size per side")
     training: Literal["frozen", "joint"] = Field("frozen", description="frozen: only the heads train; joint: the "
                                                  "backbone trains too (its loss plus the exits')")
-    epochs: int = Field(5, ge=1, le=10_000, description="passes over the training split")
+    epochs: int = Field(8, ge=1, le=10_000, description="passes over the training split")
     lr: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate")
     batch_size: int = Field(64, ge=1, le=65536, description="training batch size")
     exit_weight: float = Field(1.0, gt=0.0, le=100.0, description="weight of each exit's cross-entropy")
     max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0, description="calibration: each exit's threshold is the "
                                      "lowest at which the samples leaving there lose at most this accuracy "
-                                     "(fraction) against the full network on validation data")
+                                     "(fraction) against the network as it entered the stage, on validation data")
     thresholds: list[float] | None = Field(None, description="fixed confidence thresholds, one per exit (no "
                                            "calibration); above 1 an exit never fires")
     latency_samples: int = Field(200, ge=1, le=100_000, description="test samples timed one at a time")
@@ -130,13 +130,15 @@ def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: StageContext) -> 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed)
         heads = ExitHeads(points, shapes, task.num_classes, config.head_hidden, config.head_pool)
+    with torch.no_grad():  # the accuracy calibration keeps: the network's before training (joint changes it)
+        reference = torch.cat([model(x) for x, _ in task.loader("val", 256)])
     set_module(model, "exit_heads", heads)
     parts = heads.segments(model)
     losses = train_heads(model, parts, task, joint=config.training == "joint", epochs=config.epochs, lr=config.lr,
                          batch_size=config.batch_size, exit_weight=config.exit_weight, seed=ctx.seed)
     heads.eval()
     per_exit, labels = all_exit_logits(parts, task, "val")
-    heads.thresholds = config.thresholds or calibrate(per_exit, labels, config.max_accuracy_drop)
+    heads.thresholds = config.thresholds or calibrate(per_exit, labels, config.max_accuracy_drop, reference)
     val_logits, val_exit = predict(parts, heads.thresholds, torch.cat([x for x, _ in task.loader("val", 256)]))
     artifact = get_runtime("onnxruntime_exits").export(model, example, ctx.scratch_dir(), ctx.export, "model")
     ctx.info.update({

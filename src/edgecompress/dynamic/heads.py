@@ -140,11 +140,13 @@ def train_heads(model: nn.Module, parts: list[nn.Module], task: Task, *, joint: 
     return losses
 
 
-def calibrate(per_exit: list[torch.Tensor], labels: torch.Tensor, max_drop: float) -> list[float]:
+def calibrate(per_exit: list[torch.Tensor], labels: torch.Tensor, max_drop: float,
+              reference: torch.Tensor | None = None) -> list[float]:
     """One threshold per exit (in order), each the lowest at which the samples that would leave there are at most
-    ``max_drop`` (a fraction) less accurate than the full network on those same samples; so on this data the
-    cascade loses at most ``max_drop`` accuracy against the full network. An exit with no such group never fires."""
-    final_ok = (per_exit[-1].argmax(1) == labels).numpy()
+    ``max_drop`` (a fraction) less accurate than the reference (default: the full network, the last entry of
+    ``per_exit``) on those same samples; so on this data the cascade loses at most ``max_drop`` accuracy against the
+    reference, provided the full network is as accurate as it. An exit with no such group never fires."""
+    final_ok = ((per_exit[-1] if reference is None else reference).argmax(1) == labels).numpy()
     remaining = np.ones(len(labels), dtype=bool)
     thresholds = []
     for logits in per_exit[:-1]:
