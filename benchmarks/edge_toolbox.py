@@ -50,9 +50,11 @@ def dense(name: str, task, args) -> torch.nn.Module:
     return model.eval()
 
 
-def stage(method: str, model, task, **config):
+def stage(method: str, model, task, teacher=None, **config):
+    """One stage on ``model``; its teacher (distillation) is ``teacher``, by default the model itself."""
     s = get(method)
-    ctx = StageContext(task=task, teacher=model, progress=False, workdir=Path(args_global.work) / "stages")
+    ctx = StageContext(task=task, teacher=model if teacher is None else teacher, progress=False,
+                       workdir=Path(args_global.work) / "stages")
     out = s(model, s.config(**config), ctx)
     return (out.model if hasattr(out, "artifact") else out), ctx.info, out
 
@@ -87,8 +89,8 @@ def part_lowrank(task, args) -> dict:
         model, ex = dense(name, task, args), task.example_inputs(1)
         variants, skipped = {"dense": model}, {}
         pruned, info, _ = stage("prune.structured", model, task, target_macs_ratio=args.macs_ratio)
-        variants["prune.structured"], _, _ = stage("finetune", pruned, task, epochs=args.recover_epochs, lr=0.01,
-                                                   distill=recovery["distill"])
+        variants["prune.structured"], _, _ = stage("finetune", pruned, task, teacher=model, lr=0.01,
+                                                   epochs=args.recover_epochs, distill=recovery["distill"])
         ratio = count_macs(variants["prune.structured"], ex) / count_macs(model, ex)
         for mode in args.modes:
             key = f"factorize.lowrank ({mode})"
