@@ -174,6 +174,14 @@ def render(part: str, result: dict) -> str:
         head += (f"Exact rewrite (multiplier 9 = 3x3, no recovery): max |output difference| "
                  f"{result['exact_max_abs_diff']:.2e} on 64 test inputs, {result['exact_macs']} MACs. Multiplier 1: "
                  f"{result['rewritten']} convolutions rewritten, left: {result['skipped']}.\n\n")
+    if part == "lowrank":
+        head += (f"Recovery: {result['recovery_epochs']} epochs of distillation from the dense model (T 4, alpha 0.7, "
+                 "SGD lr 0.01, cosine), the same for both methods; pruning: prune.structured target_macs_ratio "
+                 f"{result['macs_ratio']} (L2, uniform), low-rank: factorize.lowrank at the MACs pruning reached. "
+                 "Layers low-rank left: " + "; ".join(
+                     f"{r['model']} {r['variant']}: {len(r['layers_skipped'])} ("
+                     + ", ".join(sorted({v.split(':')[0].split(' (')[0] for v in r['layers_skipped'].values()})) + ")"
+                     for r in result["rows"] if r.get("layers_skipped")) + ".\n\n")
     keys = ["model", "variant", "accuracy", "cosine", "retrieval_top1", "macs", "params", "ms", "speedup",
             "speedup_range"]
     return head + _table(result["rows"], [k for k in keys if k in result["rows"][0]]) + "\n"
