@@ -18,11 +18,10 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.factorize.layers import (FactorizedConv2d, LowRankLinear, channel_modes, energy_rank,
                                            singular_values, spatial_matrix)
 from edgecompress.factorize.recovery import RecoverySettings, recover
+from edgecompress.factorize.select import layer_positions, select_layers
 from edgecompress.measure.counts import count_macs, count_params
-from edgecompress.nn.layers import resolve_layers
 from edgecompress.nn.rebuild import set_module
 from edgecompress.registry import ALL_TASK_KINDS, CPU_AND_CUDA, TOKEN_TASK_KINDS, StageConfig, register
-from edgecompress.tasks.base import call
 
 STAGE = "factorize.lowrank"
 
@@ -107,39 +106,6 @@ def _why_not(m: nn.Module) -> str | None:
     if m.padding_mode != "zeros" or isinstance(m.padding, str):
         return f"padding {m.padding!r} ({m.padding_mode}): only explicit zero padding is supported"
     return None
-
-
-def layer_positions(model: nn.Module, layers: dict[str, nn.Module], example) -> dict[str, tuple[int, int, int, int]]:
-    """Input and output spatial sizes of each layer's first call on one sample (Linear: token positions)."""
-    seen: dict[str, tuple[int, int, int, int]] = {}
-
-    def hook(name):
-        def record(m, args, out):
-            if name not in seen:
-                if isinstance(m, nn.Linear):
-                    tokens = out.numel() // m.out_features
-                    seen[name] = (tokens, 1, tokens, 1)
-                else:
-                    seen[name] = (*args[0].shape[-2:], *out.shape[-2:])
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    try:
-        with torch.no_grad():
-            call(model.eval(), example)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
-def select_layers(model: nn.Module, layers: list[str], ignore: list[str], stage: str,
-                  types: tuple[type, ...]) -> dict[str, nn.Module]:
-    """The modules of ``types`` named by ``layers`` (all when empty) and not by ``ignore`` (names or globs)."""
-    chosen = resolve_layers(model, layers, f"{stage}.layers") if layers else None
-    ignored = resolve_layers(model, ignore, f"{stage}.ignore")
-    return {n: m for n, m in model.named_modules() if isinstance(m, types) and (chosen is None or n in chosen)
-            and n not in ignored}
 
 
 def candidates(model: nn.Module, config: LowRankConfig, example) -> tuple[list[Candidate], dict[str, str]]:

@@ -12,7 +12,7 @@ from torch import nn
 from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
 from edgecompress.factorize.layers import SeparableConv2d
-from edgecompress.factorize.lowrank import layer_positions, select_layers
+from edgecompress.factorize.select import layer_positions, select_layers
 from edgecompress.factorize.recovery import RecoverySettings, recover
 from edgecompress.measure.counts import count_macs, count_params
 from edgecompress.nn.rebuild import set_module
