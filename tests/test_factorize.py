@@ -65,6 +65,7 @@ def test_lowrank_stage_meets_mac_budget_skips_and_recovers(digits_task, digits_c
     out, ctx = run("factorize.lowrank", digits_cnn, digits_task, target_macs_ratio=0.6, conv_mode="channel",
                    recovery={"epochs": 2, "lr": 0.01})
     info, example = ctx.info, digits_task.example_inputs(1)
+    assert all(p.requires_grad for p in digits_cnn.parameters()) and not digits_cnn.training  # input left alone
     assert count_macs(out, example) <= 0.6 * count_macs(digits_cnn, example)
     assert info["macs_after"] == count_macs(out, example) and info["factorized"]
     assert any(isinstance(m, FactorizedConv2d) for m in out.modules())

@@ -25,7 +25,8 @@ class RecoverySettings(TrainSettings):
 
 
 def recover(model: nn.Module, original: nn.Module, settings: RecoverySettings, ctx: StageContext, stage: str) -> dict:
-    """Train ``model`` in place towards ``original`` (frozen) on the task; returns what the report shows."""
+    """Train ``model`` in place towards ``original`` (left as it is: train() reads its outputs without gradients and
+    restores its mode) on the task; returns what the report shows."""
     if not settings.epochs:
         return {"recovery": None}
     task = ctx.require_task(stage)
@@ -33,7 +34,6 @@ def recover(model: nn.Module, original: nn.Module, settings: RecoverySettings, c
         raise EdgeCompressError(f"recovery trains on classification data, not on {task.kind} data",
                                 where=f"{stage}.recovery.epochs", fix="set recovery.epochs to 0")
     before = accuracy(model, task, "val") if task.has_labels else None
-    original = original.eval().requires_grad_(False)
     history = train(model, task, epochs=settings.epochs, lr=settings.lr, optimizer=settings.optimizer,
                     batch_size=settings.batch_size, weight_decay=settings.weight_decay, teacher=original,
                     temperature=settings.distill.temperature, alpha=settings.distill.alpha, seed=ctx.seed,
