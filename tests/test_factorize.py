@@ -141,3 +141,19 @@ def test_lowrank_on_transformer_projections_in_an_embedding_recipe(tmp_path):
                                                         "encoder.layer.1.intermediate.dense"}
     assert info["macs_after"] < info["macs_before"] and 0.5 < final["embedding_cosine"] < 1
     assert isinstance(result.model.encoder.layer[0].attention.self.query, LowRankLinear)
+
+
+def test_checkpoint_names_only_registered_layer_types(digits_task, digits_cnn, tmp_path):
+    import copy
+    import json
+
+    out, _ = run("factorize.lowrank", digits_cnn, digits_task, rank=4, layers=["classifier"])
+    save_model(out, tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["rebuilt"] == {"classifier": {"class": "LowRankLinear", "kwargs": {
+        "in_features": 128, "out_features": 10, "rank": 4, "bias": True}}}
+    meta["rebuilt"]["classifier"]["class"] = "Popen"
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(EdgeCompressError, match="unknown layer type") as err:
+        load_model(tmp_path, lambda arch: copy.deepcopy(digits_cnn))
+    assert "LowRankLinear" in err.value.fix

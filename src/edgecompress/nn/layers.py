@@ -1,5 +1,5 @@
-"""Which modules are the weighted layers every technique works on, the depthwise test, and torch-pruning's
-dependency graph of a model."""
+"""Which modules are the weighted layers every technique works on, the depthwise test, torch-pruning's
+dependency graph of a model, and module selection by names or globs (``resolve_layers``)."""
 
 from __future__ import annotations
 
