@@ -14,7 +14,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "edgecompress"
-TECHNIQUES = ("prune", "quant", "recover")
+TECHNIQUES = ("prune", "quant", "recover", "factorize", "dynamic")
 RUNTIME = ("pipeline", "recipe", "registry", "context", "baseline", "data")
 
 

@@ -82,7 +82,8 @@ def test_lookup_messages_list_registered_runtimes(fake, tmp_path):
 
 def test_built_in_runtimes_and_clashes():
     assert [(r.name, r.format, r.suffixes) for r in runtimes.all_runtimes()] == [
-        ("onnxruntime", "onnx", (".onnx",)), ("executorch", "executorch", (".pte",)), ("torch", "pytorch", (".pt2",))]
+        ("onnxruntime", "onnx", (".onnx",)), ("executorch", "executorch", (".pte",)), ("torch", "pytorch", (".pt2",)),
+        ("onnxruntime_exits", "onnx_exits", (".exits",))]
     assert runtimes.for_suffix(".fonnx") is None  # the fixture's registration did not outlive its test
     with pytest.raises(ValueError, match="clashes"):
         runtimes.register(Runtime("other", "other", "other", (".onnx",), _export, _validate, ort.runner, ort.bench))

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from edgecompress import atomic
 from edgecompress.errors import EdgeCompressError
+from edgecompress.nn import rebuild
 
 ARCH_ATTR = "_edgecompress_arch"  # set by zoo.build / model loading: how to rebuild the architecture
 _SCALARS = (int, float, bool, str)
@@ -54,6 +55,7 @@ def save_model(model: nn.Module, directory: Path) -> Path:
         "modules": {name: _scalar_attrs(m) for name, m in model.named_modules()},
         "tuples": {name: [k for k, v in vars(m).items() if isinstance(v, tuple)] for name, m in model.named_modules()},
         "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
+        "rebuilt": rebuild.specs(model),  # modules stages put in (factorized layers, exit heads)
     }
     path = directory / "model.json"
     atomic.write_text(path, json.dumps(meta))
@@ -105,6 +107,7 @@ def load_model(directory: Path, build: Callable[[dict | None], nn.Module]) -> nn
         ) from err
     _check_meta(meta, directory)
     model = build(meta.get("arch"))
+    rebuild.restore(model, meta.get("rebuilt") or {}, str(meta_path))
     modules = dict(model.named_modules())
     for name, attrs in meta["modules"].items():
         if name not in modules:

@@ -16,7 +16,8 @@ import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,3 +87,17 @@ def speedup(reference_ms: Sequence[float], ms: Sequence[float]) -> dict[str, flo
     return {"median": round(statistics.median(ratios), 3), "q1": round(q1, 3), "q3": round(q3, 3),
             "rounds": len(ratios), "measurable": not q1 <= 1.0 <= q3}
 
+
+def interleaved_calls(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """In this process (for runners that are not one artifact file, e.g. an early-exit runner): seconds of one call
+    of each function in each of ``rounds`` rounds, the functions taking turns within a round (so a load change on a
+    shared machine hits all alike); one untimed call of each first."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return times

@@ -1,11 +1,17 @@
-"""Which modules are the weighted layers every technique works on, the depthwise test, and torch-pruning's
-dependency graph of a model."""
+"""Which modules are the weighted layers every technique works on, the depthwise test, torch-pruning's
+dependency graph of a model, and module selection by names or globs (``resolve_layers``)."""
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
 
 import torch
 import torch_pruning as tp
 from torch import nn
+
+from edgecompress.errors import EdgeCompressError
 
 LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -34,3 +40,23 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependency
         model.train(was_training)
         for p in frozen:
             p.requires_grad_(False)
+
+
+def resolve_layers(model: nn.Module, patterns: Iterable[str], where: str) -> set[str]:
+    """Names of the modules matched by ``patterns`` (exact names or fnmatch globs) and all their submodules.
+
+    A pattern that matches nothing raises an EdgeCompressError listing the closest module names.
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    matched: set[str] = set()
+    for pattern in patterns:
+        hits = [n for n in names if fnmatchcase(n, pattern)]
+        if not hits:
+            close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.4)
+            raise EdgeCompressError(
+                f"no module named {pattern!r} in the model",
+                where=where,
+                fix=f"close names: {', '.join(close)}" if close else "run `edgecompress inspect` to list the layer names",
+            )
+        matched.update(n for n in names if any(n == h or n.startswith(h + ".") for h in hits))
+    return matched

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
-from fnmatch import fnmatchcase
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgecompress.errors import EdgeCompressError
-from edgecompress.nn.layers import LAYER_TYPES, build_graph, is_depthwise, weight_layers
+from edgecompress.nn.layers import LAYER_TYPES, build_graph, is_depthwise, resolve_layers, weight_layers  # noqa: F401
 
 
 def ratio_or_macs_target(data, ratio_key: str, default: float = 0.5):
@@ -23,26 +20,6 @@ def ratio_or_macs_target(data, ratio_key: str, default: float = 0.5):
         if data.get(ratio_key) is None and data.get("target_macs_ratio") is None:
             data = {**data, ratio_key: default}
     return data
-
-
-def resolve_layers(model: nn.Module, patterns: Iterable[str], where: str) -> set[str]:
-    """Names of the modules matched by ``patterns`` (exact names or fnmatch globs) and all their submodules.
-
-    A pattern that matches nothing raises an EdgeCompressError listing the closest module names.
-    """
-    names = [n for n, _ in model.named_modules() if n]
-    matched: set[str] = set()
-    for pattern in patterns:
-        hits = [n for n in names if fnmatchcase(n, pattern)]
-        if not hits:
-            close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.4)
-            raise EdgeCompressError(
-                f"no module named {pattern!r} in the model",
-                where=where,
-                fix=f"close names: {', '.join(close)}" if close else "run `edgecompress inspect` to list the layer names",
-            )
-        matched.update(n for n in names if any(n == h or n.startswith(h + ".") for h in hits))
-    return matched
 
 
 def _consumes_channels(module: object) -> bool:
