@@ -151,6 +151,26 @@ def test_adapt_substitutes_activations_and_keeps_accuracy(tmp_path, digits_task)
     assert info["substituted"] == {} and torch.equal(same(x), model(x))
 
 
+def test_adapted_activations_survive_a_checkpoint_round_trip(tmp_path, digits_task):
+    from edgecompress.checkpoint import load_model, save_model
+
+    torch.manual_seed(0)
+    model = zoo.build("mnist_cnn", digits_task.input_shape, digits_task.num_classes)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.ReLU):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, nn.SiLU())
+    adapted, info = _adapt(model.eval(), digits_task, target="npu-int8", epochs=0)
+    assert set(info["substituted"].values()) == {"SiLU -> ReLU6"}
+    save_model(adapted, tmp_path / "ckpt")
+    rebuilt = load_model(tmp_path / "ckpt", lambda arch: zoo.build("mnist_cnn", digits_task.input_shape,
+                                                                      digits_task.num_classes)).eval()
+    assert sum(isinstance(m, nn.ReLU6) for m in rebuilt.modules()) == 4  # the zoo's ReLUs are not back
+    x = digits_task.example_inputs(8)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), adapted(x), atol=1e-6)
+
+
 def test_adapt_rounds_channels_to_the_alignment(tmp_path, digits_cnn, digits_task):
     board = write_profile(tmp_path, "name: b12\nchannel_alignment: 12\n")
     adapted, info = _adapt(digits_cnn, digits_task, target=str(board), epochs=0)

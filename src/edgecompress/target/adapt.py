@@ -21,6 +21,7 @@ from torch import nn
 from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
 from edgecompress.nn.layers import build_graph
+from edgecompress.nn.rebuild import rebuildable
 from edgecompress.prune.analysis import output_layers
 from edgecompress.prune.structured import AlignedPruner
 from edgecompress.registry import CPU_AND_CUDA, register
@@ -29,7 +30,32 @@ from edgecompress.target.profiles import TargetProfile, load_target
 from edgecompress.train import DistillConfig, TrainSettings, accuracy, train
 
 STAGE = "hw.adapt"
-REPLACEMENTS = {"hardswish": ("HardSwish", nn.Hardswish), "relu6": ("Clip", nn.ReLU6), "relu": ("Relu", nn.ReLU)}
+@rebuildable
+class AdaptedHardswish(nn.Hardswish):
+    """``nn.Hardswish`` put in by hw.adapt: a class of its own, so a checkpoint rebuilds the substitution."""
+
+    def spec(self) -> dict:
+        return {}
+
+
+@rebuildable
+class AdaptedReLU6(nn.ReLU6):
+    """``nn.ReLU6`` put in by hw.adapt (rebuilt from checkpoints)."""
+
+    def spec(self) -> dict:
+        return {}
+
+
+@rebuildable
+class AdaptedReLU(nn.ReLU):
+    """``nn.ReLU`` put in by hw.adapt (rebuilt from checkpoints)."""
+
+    def spec(self) -> dict:
+        return {}
+
+
+REPLACEMENTS = {"hardswish": ("HardSwish", AdaptedHardswish), "relu6": ("Clip", AdaptedReLU6),
+                "relu": ("Relu", AdaptedReLU)}
 _EXPORTS_TO = {getattr(nn, name): ops for name, ops in REPLACEABLE.items()}
 
 
@@ -83,7 +109,7 @@ def substitute_activations(model: nn.Module, profile: TargetProfile, choice: str
             new_name, new_cls = _replacement(profile, choice)
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, new_cls())
-            done[name] = f"{cls.__name__} -> {new_cls.__name__}"
+            done[name] = f"{cls.__name__} -> {new_cls.__bases__[0].__name__}"
     return done
 
 
