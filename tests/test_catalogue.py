@@ -24,7 +24,7 @@ def test_catalogue_leaves_out_stages_registered_elsewhere(monkeypatch):
     from edgecompress import registry
 
     registry.all_stages()
-    monkeypatch.setattr(registry, "_STAGES", dict(registry._STAGES))  # the extra stage goes with the test
+    monkeypatch.setattr(registry, "_STAGES", {s.name: s for s in registry.all_stages()})  # the extra stage goes with the test
     registry.register("test.catalogue_extra", registry.StageConfig)(lambda model, config, ctx: model)
     assert "test.catalogue_extra" in {s.name for s in registry.all_stages()}
     assert "test.catalogue_extra" not in catalogue.build()

@@ -25,7 +25,8 @@ from edgecompress.registry import StageConfig, register
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="about machines without a CUDA GPU")
 CUDA_STAGES = {"finetune", "distill", "prune.lottery", "prune.iterative", "prune.ice", "prune.structured",
-               "recover.bn", "recover.bias", "recover.block", "recover.kd", "prune.llm", "prune.composite"}
+               "recover.bn", "recover.bias", "recover.block", "recover.kd", "prune.llm", "prune.composite",
+               "hw.adapt", "factorize.lowrank", "hw.separable", "search.nas"}
 
 
 def small(device: str | None = None, **extra) -> dict:
@@ -93,7 +94,7 @@ def plain(model, config, ctx):
 
 
 def test_stages_run_on_the_cpu_unless_they_register_cuda(monkeypatch):
-    monkeypatch.setattr(registry, "_STAGES", dict(registry._STAGES))  # registered here only, for this test
+    monkeypatch.setattr(registry, "_STAGES", {s.name: s for s in registry.all_stages()})  # registered here only, for this test
     register("test.device_default", PlainConfig)(plain)
     stage = registry.get("test.device_default")
     assert stage.devices == ("cpu",)

@@ -44,7 +44,7 @@ def _probe(model, config, ctx):
 
 
 def test_the_run_uses_the_threads_and_restores_the_count(monkeypatch, tmp_path, digits_task):
-    monkeypatch.setattr(registry, "_STAGES", dict(registry._STAGES))
+    monkeypatch.setattr(registry, "_STAGES", {s.name: s for s in registry.all_stages()})
     registry.register("test.threads_probe", registry.StageConfig)(_probe)
     recipe = parse_recipe({"name": "probe", "stages": [{"method": "test.threads_probe"}],
                            "export": {"repeats": 2, "warmup": 0}})

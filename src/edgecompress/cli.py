@@ -278,7 +278,10 @@ def bench(
     if len(artifacts) == 1 and artifacts[0].is_dir():
         _bench_runtimes(artifacts[0], threads, batch, repeats, warmup, rounds, trust_pickle, wide)
         return
-    shape_given = None if input_shape is None else _parse_shape(input_shape)
+    try:
+        shape_given = None if input_shape is None else _parse_shape(input_shape)
+    except EdgeCompressError as err:
+        _fail(err)
     if len(artifacts) > 1:
         _bench_files(artifacts, shape_given, threads, batch, repeats, warmup, rounds)
         return

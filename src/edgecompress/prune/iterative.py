@@ -125,9 +125,7 @@ def prepare(model: nn.Module, task: Task, teacher: nn.Module | None, config: Ite
     if plan.clamped:
         warnings.warn(f"{where}: ratio {ratio:.3f} would remove every channel of {', '.join(plan.clamped)}; "
                       "each keeps one channel instead", stacklevel=2)
-    if teacher is None:
-        teacher = copy.deepcopy(model)
-    teacher = teacher.eval().requires_grad_(False)
+    teacher = copy.deepcopy(model if teacher is None else teacher).eval().requires_grad_(False)  # caller's untouched
     return Setup(model, plan, task, teacher, example, ratio)
 
 
