@@ -21,6 +21,7 @@ from edgecompress import packaged, registry
 from edgecompress.data.options import DATA_OPTIONS, DataSpec, Mnist5kData, TextData
 from edgecompress.errors import EdgeCompressError
 from edgecompress.registry import StageConfig
+from edgecompress.search import space
 from edgecompress.safeyaml import Path_, load_yaml, read_text, shown
 from edgecompress.settings import ExportSettings
 from edgecompress.zoo.loading import ModelSpec
@@ -113,6 +114,9 @@ class Recipe(BaseModel):
     stages: list[StageEntry] = Field(default_factory=list, description="ordered compression stages")
     targets: Targets = Field(default_factory=Targets)
     export: ExportSettings = Field(default_factory=ExportSettings)
+    search: dict[str, space.StageSpace] | None = Field(None, description=(
+        "what `edgecompress tune` varies: stage name -> field -> range or choices (`optional: true`: the stage "
+        "may be left out); `edgecompress run` ignores it"))
 
     @model_validator(mode="before")
     @classmethod
@@ -302,6 +306,8 @@ def _validate(data: Any, source: str, lines: dict[Path_, int]) -> Recipe:
         recipe = Recipe.model_validate({**data, "stages": [] if errors else stages})
     except ValidationError as err:
         errors += [_recipe_error(e) for e in err.errors()]
+    if not errors:
+        errors += space.check(recipe.search, recipe.stages)
     if errors:
         _raise(source, errors, lines)
     return recipe

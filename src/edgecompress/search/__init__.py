@@ -1,0 +1,1 @@
+"""Search over compression settings and architectures (Optuna studies)."""

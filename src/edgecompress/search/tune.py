@@ -1,0 +1,169 @@
+"""Accuracy-aware auto-tuning of a recipe: ``edgecompress tune`` (``tune()`` from Python).
+
+Each trial sets the stage fields the recipe's ``search:`` section varies, runs that candidate recipe through the
+pipeline into ``OUT/trials/<study>-<n>`` (exported and measured in its runtime like any run) and gives Optuna two
+objectives to minimize: the artifact's cost (size on disk, p50 latency or MACs) and its accuracy drop in points
+from the baseline, with ``drop - max_drop <= 0`` as TPE's constraint. The baseline is loaded (trained, when the
+recipe says so, and cached) once per worker before any trial.
+
+Stopping: after ``trials`` finished trials in the study (all workers together), or when another trial would
+not fit in ``time_budget_s`` (judged by the worker's slowest trial so far; a started trial is never cut short).
+The accuracy is the pipeline's: the artifact on the task's test split. Choosing among candidates by it is a
+shortcut (a held-out split would keep the reported drop unbiased); with few trials the bias is small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Literal
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgecompress import baseline
+from edgecompress.data.datasets import load_task
+from edgecompress.errors import EdgeCompressError
+from edgecompress.pipeline import Pipeline
+from edgecompress.recipe import Recipe, Slug
+from edgecompress.search import space, study as studies
+from edgecompress.ui import console
+
+OBJECTIVES = {"size": "size_bytes", "latency": "latency_p50_ms", "macs": "macs"}  # --objective -> artifact metric
+STARTUP_TRIALS = 5  # random candidates before TPE models the results
+
+
+class TuneSettings(BaseModel):
+    """How ``tune`` searches: the accuracy limit, what to minimize, when to stop, and where the study lives."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_drop: float = Field(ge=0, description="largest accepted accuracy drop from the baseline, in points")
+    objective: Literal["size", "latency", "macs"] = Field("size", description="what the search minimizes")
+    trials: int = Field(20, ge=0, description="finished trials the study stops at (all workers together)")
+    time_budget_s: float | None = Field(None, gt=0, description="wall seconds this worker may search for")
+    storage: str | None = Field(None, description="SQLAlchemy URL of the study (default: SQLite in the tune folder)")
+    study: Slug | None = Field(None, description="study name (default: the recipe's name)")
+    heartbeat_s: float = Field(10, ge=1, le=600, description="worker heartbeat; a silent worker's trial fails "
+                                                             "after 3 heartbeats")
+
+
+def tune(recipe: Recipe, out: Path, settings: TuneSettings, *, trust_pickle: bool = False) -> dict:
+    """Search ``recipe``'s ``search:`` space into ``out`` (resuming its study); returns what ``tune.json`` says."""
+    if not recipe.search:
+        raise EdgeCompressError("the recipe has no `search:` section, so there is nothing to tune",
+                                fix="add one, e.g. `search: {prune.structured: {ratio: {low: 0.3, high: 0.8}}}`")
+    errors = space.check(recipe.search, recipe.stages)
+    if errors:
+        raise EdgeCompressError("; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in errors), where="search")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise EdgeCompressError("--out must be a directory (not a file or a link)", where=str(out),
+                                fix="choose another --out")
+    name = settings.study or recipe.name
+    url = settings.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    if settings.storage is None:
+        out.mkdir(parents=True, exist_ok=True)
+    storage = studies.open_storage(url, settings.heartbeat_s)  # a shared URL is checked before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    identity = {"recipe": recipe.model_copy(update={"search": None}).fingerprint(), "max_drop": settings.max_drop,
+                "objective": settings.objective, "search": {k: v.model_dump() for k, v in recipe.search.items()}}
+    study = studies.open_study(storage, name, identity, _sampler(recipe, url, name))
+    doc = {"study": name, "storage": studies.shown_url(url), "objective": settings.objective,
+           "metric": OBJECTIVES[settings.objective], "max_drop": settings.max_drop}
+    worker = Worker(recipe, out, settings, name, trust_pickle)  # trains (and caches) the baseline once
+    if _finished(study) < settings.trials:
+        worker.run(study, doc)
+    return studies.keep(out, study, doc)
+
+
+def _sampler(recipe: Recipe, url: str, name: str) -> optuna.samplers.TPESampler:
+    """TPE (it reads each trial's constraint ``drop - max_drop <= 0``), seeded per worker (two workers must not draw the same
+    candidates, so results are not repeatable trial by trial)."""
+    worker = f"{recipe.seed}:{url}:{name}:{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+    seed = int(hashlib.sha256(worker.encode()).hexdigest()[:8], 16)
+    return optuna.samplers.TPESampler(n_startup_trials=STARTUP_TRIALS, seed=seed)
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+class Worker:
+    """One process working on the study: loads the task and baseline once, then runs trials until a stop rule."""
+
+    def __init__(self, recipe: Recipe, out: Path, settings: TuneSettings, study_name: str, trust_pickle: bool):
+        self.recipe, self.out, self.settings, self.study_name = recipe, out, settings, study_name
+        self.task = load_task(recipe.data)
+        self.baseline = baseline.load(recipe, self.task, trust_pickle=trust_pickle, progress=False)
+        if not self.task.higher_is_better:
+            raise EdgeCompressError(f"tune limits the accuracy drop, and {self.task.name} data is judged by "
+                                    f"{self.task.metric} (lower is better)", where="data",
+                                    fix="tune a recipe on data judged by accuracy")
+        self.started, self.slowest = time.perf_counter(), 0.0
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def run(self, study: optuna.Study, doc: dict) -> None:
+        def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            kept = studies.keep(self.out, study, doc)
+            line = _trial_line(trial, doc["metric"])
+            console.print(f"trial {trial.number}: {line}; best so far: {_best_line(kept)}", highlight=False)
+            if _finished(study) >= self.settings.trials or not self._time_for_another():
+                study.stop()
+
+        if not self._time_for_another():
+            return
+        study.optimize(self.objective, callbacks=[after], catch=(EdgeCompressError,), gc_after_trial=True)
+
+    def _time_for_another(self) -> bool:
+        budget = self.settings.time_budget_s
+        return budget is None or time.perf_counter() - self.started + self.slowest <= budget
+
+    def objective(self, trial: optuna.Trial) -> tuple[float, float]:
+        began = time.perf_counter()
+        running = len(trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+        if _finished(trial.study) + running - 1 >= self.settings.trials:  # the other workers' trials finish it
+            raise optuna.TrialPruned("the study already has its trials finished or running")
+        chosen = space.suggest(trial, self.recipe.search, self.recipe.stages)
+        candidate = self.recipe.model_copy(update={"stages": space.apply(self.recipe.stages, chosen), "search": None})
+        run_dir = Path("trials") / f"{self.study_name}-{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("worker", self.name)
+        quiet, console.quiet = console.quiet, True
+        try:
+            result = Pipeline(candidate, self.out / run_dir, model=self.baseline, task=self.task, force=True,
+                              progress=False, report=False).run()
+        finally:
+            console.quiet = quiet
+        metric = OBJECTIVES[self.settings.objective]
+        final, base = result.history[-1]["metrics"], result.history[0]["metrics"]
+        if final.get(metric) is None:
+            raise EdgeCompressError(f"the artifact has no {metric} measurement", where=str(self.out / run_dir))
+        self.slowest = max(self.slowest, time.perf_counter() - began)
+        trial.set_user_attr("seconds", round(time.perf_counter() - began, 2))
+        trial.set_user_attr("metrics", {k: final.get(k) for k in ("accuracy", *OBJECTIVES.values())})
+        trial.set_user_attr("baseline", {k: base.get(k) for k in ("accuracy", *OBJECTIVES.values())})
+        drop = float(result.summary["accuracy_drop_points"])
+        trial.set_constraint("accuracy_drop", drop - self.settings.max_drop)
+        return float(final[metric]), drop
+
+
+def _trial_line(trial: optuna.trial.FrozenTrial, metric: str) -> str:
+    if trial.state != optuna.trial.TrialState.COMPLETE:
+        return trial.state.name.lower()
+    return f"{metric} {trial.values[0]:,.4g}, drop {trial.values[1]:.2f} points, {trial.params}"
+
+
+def _best_line(doc: dict) -> str:
+    b = doc.get("best")
+    if b is None:
+        return "none yet"
+    met = "within the limit" if doc["limit_met"] else f"limit missed by {doc['missed_by_points']:.2f} points"
+    return f"trial {b['trial']} ({doc['metric']} {b[doc['metric']]:,.4g}, drop {b['accuracy_drop_points']:.2f}, {met})"
+
+
+def tune_dir(recipe: Recipe) -> Path:
+    """The default tune folder: stable, so running the same command again resumes."""
+    return Path("runs") / f"{recipe.name}-tune"
+
