@@ -55,11 +55,20 @@ def _pareto_table(out: Path, doc: dict) -> Table:
     for col in ("trial", metric, "drop (points)", "within limit", "settings"):
         table.add_column(col, justify="left" if col == "settings" else "right")
     for r in json.loads((out / "pareto.json").read_text()):
-        table.add_row(str(r["trial"]), f"{r[metric]:,.4g}", f"{r['accuracy_drop_points']:.2f}",
+        table.add_row(str(r["trial"]), figure(r[metric]), f"{r['accuracy_drop_points']:.2f}",
                       "yes" if r["accuracy_drop_points"] <= doc["max_drop"] else "no",
-                      escape(", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                       for k, v in r["params"].items())))
+                      escape(settings_line(r["params"])))
     return table
+
+
+def figure(value: float) -> str:
+    """Bytes and MACs in full (``29,142``), milliseconds to 4 significant digits."""
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.4g}"
+
+
+def settings_line(params: dict) -> str:
+    """A trial's settings on one line (``prune.structured.ratio=0.3``: floats to 3 significant digits)."""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def _verdict(doc: dict) -> str:

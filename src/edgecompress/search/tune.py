@@ -30,6 +30,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.pipeline import Pipeline
 from edgecompress.recipe import Recipe, Slug
 from edgecompress.search import space, study as studies
+from edgecompress.search.command import figure, settings_line
 from edgecompress.ui import console
 
 OBJECTIVES = {"size": "size_bytes", "latency": "latency_p50_ms", "macs": "macs"}  # --objective -> artifact metric
@@ -152,7 +153,7 @@ class Worker:
 def _trial_line(trial: optuna.trial.FrozenTrial, metric: str) -> str:
     if trial.state != optuna.trial.TrialState.COMPLETE:
         return trial.state.name.lower()
-    return f"{metric} {trial.values[0]:,.4g}, drop {trial.values[1]:.2f} points, {trial.params}"
+    return f"{metric} {figure(trial.values[0])}, drop {trial.values[1]:.2f} points, {settings_line(trial.params)}"
 
 
 def _best_line(doc: dict) -> str:
@@ -160,7 +161,8 @@ def _best_line(doc: dict) -> str:
     if b is None:
         return "none yet"
     met = "within the limit" if doc["limit_met"] else f"limit missed by {doc['missed_by_points']:.2f} points"
-    return f"trial {b['trial']} ({doc['metric']} {b[doc['metric']]:,.4g}, drop {b['accuracy_drop_points']:.2f}, {met})"
+    value = figure(b[doc["metric"]])
+    return f"trial {b['trial']} ({doc['metric']} {value}, drop {b['accuracy_drop_points']:.2f}, {met})"
 
 
 def tune_dir(recipe: Recipe) -> Path:
