@@ -6,8 +6,9 @@ objectives to minimize: the artifact's cost (size on disk, p50 latency or MACs) 
 from the baseline, with ``drop - max_drop <= 0`` as TPE's constraint. The baseline is loaded (trained, when the
 recipe says so, and cached) once per worker before any trial.
 
-Stopping: after ``trials`` finished trials in the study (all workers together), or when another trial would
-not fit in ``time_budget_s`` (judged by the worker's slowest trial so far; a started trial is never cut short).
+Stopping: once the study's finished and running trials (all workers together) reach ``trials``, or when another
+trial would not fit in ``time_budget_s`` (judged by the worker's slowest trial so far; a started trial is never
+cut short). Before counting, the trials of workers that stopped sending heartbeats are failed and queued again.
 The accuracy is the pipeline's: the artifact on the task's test split. Choosing among candidates by it is a
 shortcut (a held-out split would keep the reported drop unbiased); with few trials the bias is small.
 """
@@ -73,9 +74,7 @@ def tune(recipe: Recipe, out: Path, settings: TuneSettings, *, trust_pickle: boo
     study = studies.open_study(storage, name, identity, _sampler(recipe, url, name))
     doc = {"study": name, "storage": studies.shown_url(url), "objective": settings.objective,
            "metric": OBJECTIVES[settings.objective], "max_drop": settings.max_drop}
-    worker = Worker(recipe, out, settings, name, trust_pickle)  # trains (and caches) the baseline once
-    if _finished(study) < settings.trials:
-        worker.run(study, doc)
+    Worker(recipe, out, settings, name, trust_pickle).run(study, doc)  # --trials 0: trains and caches the baseline
     return studies.keep(out, study, doc)
 
 
@@ -87,8 +86,11 @@ def _sampler(recipe: Recipe, url: str, name: str) -> optuna.samplers.TPESampler:
     return optuna.samplers.TPESampler(n_startup_trials=STARTUP_TRIALS, seed=seed)
 
 
-def _finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+def _claimed(study: optuna.Study) -> int:
+    """Trials finished or running; the running trials of dead workers are failed (and queued again) first."""
+    optuna.storages.fail_stale_trials(study)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    return len(study.get_trials(deepcopy=False, states=states))
 
 
 class Worker:
@@ -110,12 +112,11 @@ class Worker:
             kept = studies.keep(self.out, study, doc)
             line = _trial_line(trial, doc["metric"])
             console.print(f"trial {trial.number}: {line}; best so far: {_best_line(kept)}", highlight=False)
-            if _finished(study) >= self.settings.trials or not self._time_for_another():
+            if _claimed(study) >= self.settings.trials or not self._time_for_another():
                 study.stop()
 
-        if not self._time_for_another():
-            return
-        study.optimize(self.objective, callbacks=[after], catch=(EdgeCompressError,), gc_after_trial=True)
+        if self._time_for_another() and _claimed(study) < self.settings.trials:
+            study.optimize(self.objective, callbacks=[after], catch=(EdgeCompressError,), gc_after_trial=True)
 
     def _time_for_another(self) -> bool:
         budget = self.settings.time_budget_s
@@ -123,8 +124,7 @@ class Worker:
 
     def objective(self, trial: optuna.Trial) -> tuple[float, float]:
         began = time.perf_counter()
-        running = len(trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
-        if _finished(trial.study) + running - 1 >= self.settings.trials:  # the other workers' trials finish it
+        if _claimed(trial.study) - 1 >= self.settings.trials:  # another worker started the last trial meanwhile
             raise optuna.TrialPruned("the study already has its trials finished or running")
         chosen = space.suggest(trial, self.recipe.search, self.recipe.stages)
         candidate = self.recipe.model_copy(update={"stages": space.apply(self.recipe.stages, chosen), "search": None})
