@@ -190,6 +190,7 @@ def test_two_workers_share_a_postgresql_study_without_duplicates(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_a_killed_workers_trial_fails_and_is_retried(tmp_path):
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 

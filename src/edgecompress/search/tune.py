@@ -19,6 +19,7 @@ import hashlib
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -88,7 +89,9 @@ def _sampler(recipe: Recipe, url: str, name: str) -> optuna.samplers.TPESampler:
 
 def _claimed(study: optuna.Study) -> int:
     """Trials finished or running; the running trials of dead workers are failed (and queued again) first."""
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():  # "experimental" since optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
     return len(study.get_trials(deepcopy=False, states=states))
 
