@@ -41,6 +41,7 @@ def test_search_space_errors_name_the_key_and_the_fix():
     assert "has no field 'ratoi'; did you mean 'ratio'?" in invalid({"prune.structured": {"ratoi": [0.3, 0.5]}})
     msg = invalid({"prune.structured": {"ratio": {"low": 0.5, "high": 1.5}}})
     assert "search.prune.structured.ratio.high: 1.5 is not a valid prune.structured ratio" in msg
+    assert "unknown key 'hgh'; did you mean 'high'?" in invalid({"finetune": {"epochs": {"low": 1, "hgh": 3}}})
     assert "a range needs a number field" in invalid({"prune.structured": {"criterion": {"low": 1, "high": 2}}})
     assert "Input should be" in invalid({"prune.structured": {"criterion": ["l1", "l3"]}})
     assert "at least 2 items" in invalid({"prune.structured": {"ratio": [0.5]}})
@@ -182,10 +183,18 @@ def test_two_workers_share_a_sqlite_study_without_duplicates(tmp_path):
     _shared_study_runs_each_trial_once(tmp_path, f"sqlite:///{tmp_path / 'shared.db'}")
 
 
+def _open(url: str) -> str:
+    from edgecompress.search.study import open_storage
+
+    return type(open_storage(url, 10)).__name__
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(pg_server.missing() is not None, reason=str(pg_server.missing()))
 def test_two_workers_share_a_postgresql_study_without_duplicates(tmp_path):
     with pg_server.server() as url:
+        with multiprocessing.get_context("fork").Pool(4) as pool:  # 4 processes create the tables at once
+            assert pool.map(_open, [url] * 4) == ["RDBStorage"] * 4  # (without the retry, 3 of 4 fail)
         _shared_study_runs_each_trial_once(tmp_path, url)
 
 

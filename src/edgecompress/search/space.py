@@ -21,8 +21,7 @@ from __future__ import annotations
 import difflib
 from typing import TYPE_CHECKING, Annotated, Any, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, \
-    model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError, model_validator
 
 from edgecompress.safeyaml import Path_, shown
 
@@ -71,16 +70,33 @@ class Choices(BaseModel):
         return self
 
 
-def _as_choices(value: Any) -> Any:
-    return {"choices": value} if isinstance(value, list) else value
+def _param(value: Any) -> Range | Choices:
+    """A range (a mapping with low and high) or choices (a list, or a mapping with ``choices``)."""
+    if isinstance(value, (Range, Choices)):
+        return value
+    value = {"choices": value} if isinstance(value, list) else value
+    if not isinstance(value, dict):
+        raise ValueError(f"{shown(value)} is neither a range ({{low: 0.3, high: 0.8}}) nor a list of choices")
+    model = Choices if "choices" in value else Range
+    unknown = sorted(set(value) - set(model.model_fields))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], [*Range.model_fields, "choices"], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown key {unknown[0]!r}; {hint}a range has low, high, step and log; choices have "
+                         "`choices` only")
+    try:
+        return model.model_validate(value)
+    except ValidationError as err:
+        raise ValueError("; ".join(("".join(f"{p}: " for p in e["loc"])) + e["msg"].removeprefix("Value error, ")
+                                   for e in err.errors())) from None
 
 
-def _kind(value: Any) -> str:
-    return "choices" if isinstance(value, Choices) or (isinstance(value, dict) and "choices" in value) else "range"
+def _dump(value: Range | Choices) -> Any:
+    """As the recipe writes it: choices as a list, a range without its defaults."""
+    return list(value.choices) if isinstance(value, Choices) else value.model_dump(exclude_defaults=True)
 
 
-Param = Annotated[Annotated[Range, Tag("range")] | Annotated[Choices, Tag("choices")], Discriminator(_kind),
-                  BeforeValidator(_as_choices)]
+Param = Annotated[Range | Choices, PlainValidator(_param), PlainSerializer(_dump)]
 
 
 class StageSpace(BaseModel):
@@ -131,17 +147,19 @@ def _check_fields(entry: StageEntry, space: StageSpace, where: Path_) -> list[Er
             errors.append(((*where, field), f"{entry.method} has no field {field!r}; {hint}its fields: "
                                             f"{', '.join(known)}"))
             continue
-        values = param.choices if isinstance(param, Choices) else [param.low, param.high]
-        for key, value in zip(("choices",) * len(values) if isinstance(param, Choices) else ("low", "high"), values):
+        if isinstance(param, Range) and _number_type(entry, field) is None:
+            errors.append(((*where, field), f"a range needs a number field, and {field} is "
+                                            f"{shown(getattr(entry.config, field))}: list choices instead"))
+            continue
+        named = zip(["choices"] * len(param.choices), param.choices) if isinstance(param, Choices) else \
+            [("low", param.low), ("high", param.high)]
+        for key, value in named:
             try:
                 setattr(entry.config.model_copy(), field, _whole(value, entry, field))
             except (ValidationError, ValueError) as err:
                 reason = err.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(err, ValidationError) \
                     else str(err)
                 errors.append(((*where, field, key), f"{shown(value)} is not a valid {entry.method} {field}: {reason}"))
-        if isinstance(param, Range) and _number_type(entry, field) is None:
-            errors.append(((*where, field), f"a range needs a number field, and {field} is "
-                                            f"{shown(getattr(entry.config, field))}: list choices instead"))
     return errors
 
 
