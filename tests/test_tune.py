@@ -194,7 +194,7 @@ def _open(url: str) -> str:
 def test_two_workers_share_a_postgresql_study_without_duplicates(tmp_path):
     with pg_server.server() as url:
         with multiprocessing.get_context("fork").Pool(4) as pool:  # 4 processes create the tables at once
-            assert pool.map(_open, [url] * 4) == ["RDBStorage"] * 4  # (without the retry, 3 of 4 fail)
+            assert pool.map(_open, [url] * 4) == ["RDBStorage"] * 4  # (measured without the retry: 3 of 4 fail)
         _shared_study_runs_each_trial_once(tmp_path, url)
 
 
