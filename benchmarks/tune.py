@@ -1,13 +1,14 @@
 """``edgecompress tune`` measured: what the search finds against the fixed default recipe, and what a second
 worker on a shared PostgreSQL study buys.
 
-    python benchmarks/tune.py search  --budget 720   # results/tune.{md,json}
-    python benchmarks/tune.py workers --trials 8 --rounds 3   # results/tune_workers.{md,json}
+    python benchmarks/tune.py search --budget 660 --trials 60     # results/tune.{md,json}
+    python benchmarks/tune.py workers --trials 10 --rounds 3     # results/tune_workers.{md,json}
 
 search: the packaged ``default`` recipe (MNIST-5k, prune 60% + fine-tune 15 epochs + INT8, limit 1 point) is run
 as is, then ``default-tune`` (the same recipe with a ``search:`` section) is tuned with the same limit and
-baseline for the smallest INT8 file within ``--budget`` seconds. Both final artifacts are then timed side by side in ONNX Runtime (1 thread, batch 1) in
-interleaved rounds: the latency ratio is the median of the per-round ratios, with its range.
+baseline for the smallest INT8 file within ``--budget`` seconds. Both final artifacts are then timed side by
+side in ONNX Runtime (1 thread, batch 1) in interleaved rounds: the latency ratio is the median of the
+per-round ratios, with its range.
 
 workers: a tiny digits recipe (prune + dynamic INT8, a few seconds a trial) is tuned to the same number of
 trials by one ``edgecompress tune`` process and by two sharing a study on a private PostgreSQL server, in
@@ -89,7 +90,8 @@ def search(args) -> None:
                   "trial": best["trial"], "latency_p50_ms": _spread(timings["tuned"])},
         "latency_speedup": _spread(ratio), "limit_met": doc["limit_met"], "trials": doc["trials"],
         "search_seconds": round(search_seconds, 1), "first_better_than_default": first,
-        "pareto": json.loads((work / "tune" / "pareto.json").read_text()), "search_space": yaml.safe_load(recipe.to_yaml())["search"],
+        "pareto": json.loads((work / "tune" / "pareto.json").read_text()),
+        "search_space": yaml.safe_load(recipe.to_yaml())["search"],
         "load_average": os.getloadavg(), "cpus": os.cpu_count(),
         "command": f"python benchmarks/tune.py search --budget {args.budget:g} --trials {args.trials}",
     }
@@ -188,15 +190,17 @@ def _workers_md(r: dict) -> str:
     t, p = r["time_ratio"], r["trial_phase_ratio"]
     return "\n".join([
         f"# Two tune workers sharing one PostgreSQL study vs one ({r['trials']} trials)", "", *rows, "",
-        f"Wall-time ratio (2 workers / 1): **{t['median']:.2f}** (range {t['min']:.2f}-{t['max']:.2f}); target ≤ 0.6. "
-        f"From the first trial's start to the last one's end (start-up left out): {p['median']:.2f} "
+        f"Wall-time ratio (2 workers / 1): **{t['median']:.2f}** (range {t['min']:.2f}-{t['max']:.2f}); "
+        "target ≤ 0.6. From "
+        f"the first trial's start to the last one's end (start-up left out): {p['median']:.2f} "
         f"({p['min']:.2f}-{p['max']:.2f}).",
         f"Each worker is a separate `edgecompress tune` process (start-up, torch import and baseline loading "
         f"included in the wall time). Machine: {r['cpus']} cores shared with other agents' jobs; 'load before' is "
         "the 1-minute load average when the run started. At a load of 5-6 on 2 cores every process gets about a "
         "third of a core, so a second worker mostly competes with the other jobs for the same cores: these ratios "
         "measure this shared machine, not how the study scales. What they do show: both workers finished exactly "
-        "the requested trials between them (none duplicated, none pruned). Judging the 0.6 target needs a machine with two idle cores.",
+        "the requested trials between them (none duplicated, none pruned). Judging the 0.6 target needs a machine "
+        "with two idle cores.",
         "", f"Made by `{r['command']}`."]) + "\n"
 
 

@@ -16,7 +16,8 @@ def tune(
     recipe: Path = typer.Argument(..., help="recipe YAML with a `search:` section (or a packaged recipe's name)"),
     max_drop: float = typer.Option(..., "--max-drop", help="largest accepted accuracy drop, in points"),
     objective: str = typer.Option("size", "--objective", help="what to minimize: size, latency or macs"),
-    time_budget: float | None = typer.Option(None, "--time-budget", help="seconds this worker may search"),
+    time_budget: float | None = typer.Option(None, "--time-budget", help="seconds this worker may search (once the "
+                                                                               "baseline is loaded)"),
     trials: int = typer.Option(20, "--trials", help="stop once the study has this many finished trials "
                                                     "(0: create or show the study and exit)"),
     storage: str | None = typer.Option(None, "--storage", help="study URL shared by workers, e.g. postgresql://"

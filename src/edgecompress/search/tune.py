@@ -46,7 +46,8 @@ class TuneSettings(BaseModel):
     max_drop: float = Field(ge=0, description="largest accepted accuracy drop from the baseline, in points")
     objective: Literal["size", "latency", "macs"] = Field("size", description="what the search minimizes")
     trials: int = Field(20, ge=0, description="finished trials the study stops at (all workers together)")
-    time_budget_s: float | None = Field(None, gt=0, description="wall seconds this worker may search for")
+    time_budget_s: float | None = Field(None, gt=0, description="wall seconds this worker may search for, counted "
+                                                                "once its baseline is loaded")
     storage: str | None = Field(None, description="SQLAlchemy URL of the study (default: SQLite in the tune folder)")
     study: Slug | None = Field(None, description="study name (default: the recipe's name)")
     heartbeat_s: float = Field(10, ge=1, le=600, description="worker heartbeat; a silent worker's trial fails "
@@ -80,8 +81,8 @@ def tune(recipe: Recipe, out: Path, settings: TuneSettings, *, trust_pickle: boo
 
 
 def _sampler(recipe: Recipe, url: str, name: str) -> optuna.samplers.TPESampler:
-    """TPE (it reads each trial's constraint ``drop - max_drop <= 0``), seeded per worker (two workers must not draw the same
-    candidates, so results are not repeatable trial by trial)."""
+    """TPE (it reads each trial's constraint ``drop - max_drop <= 0``), seeded per worker: two workers must not
+    draw the same candidates, so results are not repeatable trial by trial."""
     worker = f"{recipe.seed}:{url}:{name}:{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
     seed = int(hashlib.sha256(worker.encode()).hexdigest()[:8], 16)
     return optuna.samplers.TPESampler(n_startup_trials=STARTUP_TRIALS, seed=seed)
