@@ -94,13 +94,15 @@ def test_tune_keeps_the_best_within_the_limit_and_resumes(tmp_path):
     doc = _tune(tmp_path, max_drop=3.0, trials=3)
     assert doc["trials"] == {"complete": 3} and doc["limit_met"]
     pareto = json.loads((tmp_path / "pareto.json").read_text())
-    feasible = [r for r in pareto if r["accuracy_drop_points"] <= 3.0]
+    feasible = [r for r in pareto if r["val_drop_points"] <= 3.0]
     best = doc["best"]
-    assert best["accuracy_drop_points"] <= 3.0 and best["size_bytes"] == min(r["size_bytes"] for r in feasible)
+    assert best["val_drop_points"] <= 3.0 and best["size_bytes"] == min(r["size_bytes"] for r in feasible)
     assert (tmp_path / "best").resolve() == (tmp_path / best["run_dir"] / "artifacts").resolve()
     assert any(p.suffix == ".onnx" for p in (tmp_path / "best").iterdir())
-    history = json.loads((tmp_path / best["run_dir"] / "metrics.json").read_text())["history"]
+    run = json.loads((tmp_path / best["run_dir"] / "metrics.json").read_text())
+    history = run["history"]
     assert best["size_bytes"] == history[-1]["metrics"]["size_bytes"] < history[0]["metrics"]["size_bytes"]
+    assert best["test_drop_points"] == run["summary"]["accuracy_drop_points"]  # the test split: reported only
     assert _tune(tmp_path, max_drop=3.0, trials=4)["trials"] == {"complete": 4}  # resumed: one more trial
     with pytest.raises(EdgeCompressError, match="was made for another search"):
         _tune(tmp_path, max_drop=1.0, trials=5)
@@ -119,7 +121,7 @@ def test_unmet_limit_and_spent_budget_still_leave_the_best_on_disk(tmp_path):
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert doc["trials"] == {"complete": 1} and not doc["limit_met"]  # the budget ends the search after one trial
-    assert doc["missed_by_points"] == round(doc["best"]["accuracy_drop_points"] - 0.5, 3) > 0
+    assert doc["missed_by_points"] == round(doc["best"]["val_drop_points"] - 0.5, 3) > 0
     assert f"{doc['missed_by_points']:.2f} over the limit" in res.output and "was NOT met" in res.output
     assert (tmp_path / "t" / "best").is_dir()
 

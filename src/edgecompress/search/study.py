@@ -7,9 +7,9 @@ queues its parameters again as a new trial, so no candidate is lost and none run
 recipe, limit and objective it was made for, and refuses workers (or resumed runs) that bring others.
 
 After every trial the worker rewrites, under a file lock and atomically, ``pareto.json`` (the trials no other
-trial beats on both cost and accuracy drop), ``tune.json`` (the best trial, counts, whether the limit was met)
-and the ``best`` link (to the best trial's ``artifacts/`` folder), so a stopped or killed search leaves its best
-result on disk. The non-dominated filter is a few lines here: Optuna's own ``best_trials`` keeps only the
+trial beats on both cost and accuracy drop on the validation split), ``tune.json`` (the best trial, counts,
+whether the limit was met) and the ``best`` link (to the best trial's ``artifacts/`` folder), so a stopped or
+killed search leaves its best result on disk. The non-dominated filter is a few lines here: Optuna's own ``best_trials`` keeps only the
 feasible trials of a constrained study, and the front must also show the trials beyond the limit.
 """
 
@@ -121,8 +121,9 @@ def best(trials: list[FrozenTrial], max_drop: float) -> FrozenTrial | None:
 
 def row(t: FrozenTrial, metric: str) -> dict[str, Any]:
     """One trial as the JSON files show it."""
-    return {"trial": t.number, "params": t.params, metric: t.values[0], "accuracy_drop_points": t.values[1],
-            **{k: t.user_attrs[k] for k in ("run_dir", "worker", "seconds", "metrics") if k in t.user_attrs}}
+    return {"trial": t.number, "params": t.params, metric: t.values[0], "val_drop_points": t.values[1],
+            **{k: t.user_attrs[k] for k in ("test_drop_points", "run_dir", "worker", "seconds", "metrics")
+               if k in t.user_attrs}}
 
 
 def keep(out: Path, study: optuna.Study, doc: dict[str, Any]) -> dict[str, Any]:
