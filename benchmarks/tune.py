@@ -200,11 +200,8 @@ def _workers_md(r: dict) -> str:
         f"({p['min']:.2f}-{p['max']:.2f}).",
         f"Each worker is a separate `edgecompress tune` process (start-up, torch import and baseline loading "
         f"included in the wall time). Machine: {r['cpus']} cores shared with other agents' jobs; 'load before' is "
-        "the 1-minute load average when the run started. At a load of 5-6 on 2 cores every process gets about a "
-        "third of a core, so a second worker mostly competes with the other jobs for the same cores: these ratios "
-        "measure this shared machine, not how the study scales. What they do show: both workers finished exactly "
-        "the requested trials between them (none duplicated, none pruned). Judging the 0.6 target needs a machine "
-        "with two idle cores.",
+        "the 1-minute load average when the run started: with the load near or above the core count, a second "
+        "worker competes with other jobs for the cores and the ratio measures the machine more than the study.",
         "", f"Made by `{r['command']}`."]) + "\n"
 
 
