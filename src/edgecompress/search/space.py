@@ -196,6 +196,22 @@ def suggest(trial: optuna.Trial, search: dict[str, StageSpace], stages: list[Sta
     return chosen
 
 
+def recipe_values(search: dict[str, StageSpace], stages: list[StageEntry]) -> dict[str, Any]:
+    """The recipe's own values as trial parameters (the search's first candidate), where they lie in the space."""
+    entries = {e.name: e for e in stages}
+    values: dict[str, Any] = {}
+    for name, space in search.items():
+        if space.optional:
+            values[f"{name}.run"] = True
+        for field, p in space.fields.items():
+            value = getattr(entries[name].config, field)
+            inside = value in p.choices if isinstance(p, Choices) else \
+                isinstance(value, (int, float)) and p.low <= value <= p.high
+            if inside:
+                values[f"{name}.{field}"] = value
+    return values
+
+
 def apply(stages: list[StageEntry], chosen: dict[str, dict]) -> list[StageEntry]:
     """``stages`` with the chosen values set, without the optional stages the trial leaves out."""
     out = []

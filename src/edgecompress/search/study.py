@@ -76,15 +76,17 @@ def open_storage(url: str, heartbeat_s: float) -> RDBStorage:
     raise AssertionError("unreachable")
 
 
-def open_study(storage: RDBStorage, name: str, identity: dict[str, Any],
-               sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-    """The study ``name`` (created on first use): objectives (cost, accuracy drop), both minimized."""
+def open_study(storage: RDBStorage, name: str, identity: dict[str, Any], sampler: optuna.samplers.BaseSampler,
+               first: dict[str, Any]) -> optuna.Study:
+    """The study ``name``: objectives (cost, accuracy drop), both minimized. A new study queues ``first`` (the
+    recipe's own settings) as its first candidate, so the search starts from what the recipe would do."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, load_if_exists=True,
                                 directions=["minimize", "minimize"])
     made_for = study.user_attrs.get("edgecompress")
     if made_for is None:
         study.set_user_attr("edgecompress", identity)
+        study.enqueue_trial(first, skip_if_exists=True)
     elif made_for != identity:
         differ = ", ".join(f"{k}: {made_for.get(k)!r} there, {v!r} here" for k, v in identity.items()
                            if made_for.get(k) != v)

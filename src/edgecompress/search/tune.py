@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgecompress import baseline
 from edgecompress.data.datasets import load_task
 from edgecompress.errors import EdgeCompressError
+from edgecompress.export import Artifact
 from edgecompress.pipeline import Pipeline
 from edgecompress.recipe import Recipe, Slug
 from edgecompress.search import space, study as studies
@@ -51,6 +52,8 @@ class TuneSettings(BaseModel):
                                                                 "once its baseline is loaded")
     storage: str | None = Field(None, description="SQLAlchemy URL of the study (default: SQLite in the tune folder)")
     study: Slug | None = Field(None, description="study name (default: the recipe's name)")
+    seed: int | None = Field(None, ge=0, description="sampler seed for a repeatable single-worker search (None: "
+                                                      "one per worker, so parallel workers draw different candidates)")
     heartbeat_s: float = Field(10, ge=1, le=600, description="worker heartbeat; a silent worker's trial fails "
                                                              "after 3 heartbeats")
 
@@ -74,18 +77,20 @@ def tune(recipe: Recipe, out: Path, settings: TuneSettings, *, trust_pickle: boo
     out.mkdir(parents=True, exist_ok=True)
     identity = {"recipe": recipe.model_copy(update={"search": None}).fingerprint(), "max_drop": settings.max_drop,
                 "objective": settings.objective, "search": {k: v.model_dump() for k, v in recipe.search.items()}}
-    study = studies.open_study(storage, name, identity, _sampler(recipe, url, name))
+    study = studies.open_study(storage, name, identity, _sampler(settings.seed, recipe, url, name),
+                               space.recipe_values(recipe.search, recipe.stages))
     doc = {"study": name, "storage": studies.shown_url(url), "objective": settings.objective,
            "metric": OBJECTIVES[settings.objective], "max_drop": settings.max_drop}
     Worker(recipe, out, settings, name, trust_pickle).run(study, doc)  # --trials 0: trains and caches the baseline
     return studies.keep(out, study, doc)
 
 
-def _sampler(recipe: Recipe, url: str, name: str) -> optuna.samplers.TPESampler:
-    """TPE (it reads each trial's constraint ``drop - max_drop <= 0``), seeded per worker: two workers must not
-    draw the same candidates, so results are not repeatable trial by trial."""
-    worker = f"{recipe.seed}:{url}:{name}:{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
-    seed = int(hashlib.sha256(worker.encode()).hexdigest()[:8], 16)
+def _sampler(seed: int | None, recipe: Recipe, url: str, name: str) -> optuna.samplers.TPESampler:
+    """TPE (it reads each trial's constraint ``drop - max_drop <= 0``) with ``seed``, or seeded per worker (two
+    workers must not draw the same candidates, so their results are not repeatable trial by trial)."""
+    if seed is None:
+        worker = f"{recipe.seed}:{url}:{name}:{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+        seed = int(hashlib.sha256(worker.encode()).hexdigest()[:8], 16)
     return optuna.samplers.TPESampler(n_startup_trials=STARTUP_TRIALS, seed=seed)
 
 
@@ -109,8 +114,6 @@ class Worker:
             raise EdgeCompressError(f"tune limits the accuracy drop, and {self.task.name} data is judged by "
                                     f"{self.task.metric} (lower is better)", where="data",
                                     fix="tune a recipe on data judged by accuracy")
-        self.task.bind_reference(self.baseline)  # tasks judged against the original model (unlabeled data)
-        self.baseline_val = self.task.evaluate_model(self.baseline, "val")[self.task.metric]
         self.started, self.slowest = time.perf_counter(), 0.0
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -152,11 +155,24 @@ class Worker:
         trial.set_user_attr("seconds", round(time.perf_counter() - began, 2))
         trial.set_user_attr("metrics", {k: final.get(k) for k in ("accuracy", *OBJECTIVES.values())})
         trial.set_user_attr("baseline", {k: base.get(k) for k in ("accuracy", *OBJECTIVES.values())})
-        val = self.task.evaluate(result.artifact.runner(self.recipe.export.threads), "val")[self.task.metric]
-        drop = round((self.baseline_val - val) * 100, 3)
+        base_val, val = (self._val(a) for a in (_baseline_artifact(self.out / run_dir, result.history[0]),
+                                                 result.artifact))
+        drop = round((base_val - val) * 100, 3)
         trial.set_user_attr("test_drop_points", result.summary["accuracy_drop_points"])
         trial.set_constraint("val_drop", drop - self.settings.max_drop)
         return float(final[metric]), drop
+
+
+    def _val(self, artifact: Artifact) -> float:
+        """The task's headline metric of ``artifact``, run in its runtime, on the validation split."""
+        return self.task.evaluate(artifact.runner(self.recipe.export.threads), "val")[self.task.metric]
+
+
+def _baseline_artifact(run_dir: Path, entry: dict) -> Artifact:
+    """The exported baseline of a run (its history's first entry; paths there are relative to the run)."""
+    a = entry["artifact"]
+    return Artifact.from_json({**a, "path": str(run_dir / a["path"]),
+                               "extra_files": [str(run_dir / p) for p in a["extra_files"]]})
 
 
 def _trial_line(trial: optuna.trial.FrozenTrial, metric: str) -> str:
