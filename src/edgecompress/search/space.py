@@ -78,7 +78,7 @@ def _param(value: Any) -> Range | Choices:
     if not isinstance(value, dict):
         raise ValueError(f"{shown(value)} is neither a range ({{low: 0.3, high: 0.8}}) nor a list of choices")
     model = Choices if "choices" in value else Range
-    unknown = sorted(set(value) - set(model.model_fields))
+    unknown = sorted(str(k) for k in value if k not in model.model_fields)  # YAML keys may be numbers
     if unknown:
         close = difflib.get_close_matches(unknown[0], [*Range.model_fields, "choices"], n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
