@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgecompress.errors import EdgeCompressError
+from edgecompress.search.command import tune
 from edgecompress.ui import console, plural
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -459,6 +460,9 @@ def portfolio(
     out_console.print(table)
     if latency_ms is not None or memory_mb is not None:
         out_console.print(Server(pf).select(latency_ms, memory_mb)[1])
+
+
+app.command()(tune)  # search/command.py: the search code stays in its package
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from edgecompress import packaged, registry
 from edgecompress.data.options import DATA_OPTIONS, DataSpec, Mnist5kData, TextData
 from edgecompress.errors import EdgeCompressError
 from edgecompress.registry import StageConfig
+from edgecompress.search import space
 from edgecompress.safeyaml import Path_, load_yaml, read_text, shown
 from edgecompress.settings import ExportSettings
 from edgecompress.zoo.loading import ModelSpec
@@ -117,6 +118,9 @@ class Recipe(BaseModel):
         "an edge target the final artifact must fit (cpu, npu-int8, mcu or a target profile YAML file): the report "
         "checks its operators, data types, weights against flash and peak activations against SRAM"))
     export: ExportSettings = Field(default_factory=ExportSettings)
+    search: dict[str, space.StageSpace] | None = Field(None, description=(
+        "what `edgecompress tune` varies: stage name -> field -> range or choices (`optional: true`: the stage "
+        "may be left out); `edgecompress run` ignores it"))
 
     @field_validator("target")
     @classmethod
@@ -318,6 +322,8 @@ def _validate(data: Any, source: str, lines: dict[Path_, int]) -> Recipe:
         recipe = Recipe.model_validate({**data, "stages": [] if errors else stages})
     except ValidationError as err:
         errors += [_recipe_error(e) for e in err.errors()]
+    if not errors:
+        errors += space.check(recipe.search, recipe.stages)
     if errors:
         _raise(source, errors, lines)
     return recipe

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 # Subpackages whose import registers the built-in stages. A new capability adds its package here.
 BUILTIN_PACKAGES = ("edgecompress.prune", "edgecompress.recover", "edgecompress.quant", "edgecompress.llm.stages",
-                    "edgecompress.target.adapt", "edgecompress.search", "edgecompress.factorize",
+                    "edgecompress.target.adapt", "edgecompress.search.nas", "edgecompress.factorize",
                     "edgecompress.dynamic")
 ALL_TASK_KINDS = ("classification", "unlabeled")  # a stage's default task kinds (tensor inputs); it may narrow or widen
 TOKEN_TASK_KINDS = ("causal_lm", "embedding")  # token inputs (ids + mask): only stages that declare them run on them
