@@ -456,8 +456,9 @@ def fp32_onnx(model: nn.Module, ctx: StageContext, example: torch.Tensor) -> tup
     prep = work / "model_fp32_prep.onnx"
     # ONNX Runtime's symbolic shape inference cannot follow a transformer's dynamic lengths (e.g. Min(512, length));
     # where it fails on another model it leaves a file in the working directory: run it in the stage's own
+    source, target = fp32.path.resolve(), prep.resolve()  # absolute: the working directory changes below
     with contextlib.chdir(work):
-        quant_pre_process(str(fp32.path), str(prep), skip_symbolic_shape=isinstance(example, dict))
+        quant_pre_process(str(source), str(target), skip_symbolic_shape=isinstance(example, dict))
     return fp32, prep
 
 
