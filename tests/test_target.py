@@ -112,14 +112,16 @@ def test_unknown_target_names_the_builtins():
     expect_clean_error(["check", "resnet20", "--target", "npu"], ["unknown target", "cpu, npu-int8, mcu"])
 
 
-def _silu_cnn(task) -> nn.Module:
+def _silu_cnn(task, epochs: int = 3) -> nn.Module:
+    """mnist_cnn with every ReLU a SiLU, trained ``epochs`` epochs."""
     torch.manual_seed(0)
     model = zoo.build("mnist_cnn", task.input_shape, task.num_classes)
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.ReLU):
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent), attr, nn.SiLU())
-    train(model, task, epochs=3, lr=0.05, progress=False)
+    if epochs:
+        train(model, task, epochs=epochs, lr=0.05, progress=False)
     return model.eval()
 
 
@@ -154,13 +156,7 @@ def test_adapt_substitutes_activations_and_keeps_accuracy(tmp_path, digits_task)
 def test_adapted_activations_survive_a_checkpoint_round_trip(tmp_path, digits_task):
     from edgecompress.checkpoint import load_model, save_model
 
-    torch.manual_seed(0)
-    model = zoo.build("mnist_cnn", digits_task.input_shape, digits_task.num_classes)
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.ReLU):
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, nn.SiLU())
-    adapted, info = _adapt(model.eval(), digits_task, target="npu-int8", epochs=0)
+    adapted, info = _adapt(_silu_cnn(digits_task, epochs=0), digits_task, target="npu-int8", epochs=0)
     assert set(info["substituted"].values()) == {"SiLU -> ReLU6"}
     save_model(adapted, tmp_path / "ckpt")
     rebuilt = load_model(tmp_path / "ckpt", lambda arch: zoo.build("mnist_cnn", digits_task.input_shape,
