@@ -33,7 +33,8 @@ from edgecompress.data import data_spec, load_task
 from edgecompress.measure.counts import count_macs, count_params
 from edgecompress.nn.layers import build_graph
 from edgecompress.placement import resolve_device
-from edgecompress.prune.analysis import output_layers, resolve_layers
+from edgecompress.nn.layers import resolve_layers
+from edgecompress.prune.analysis import output_layers
 from edgecompress.prune.iterative import IterativeConfig, Setup, finetune_step, prepare
 from edgecompress.registry import get
 from edgecompress.train import accuracy, train

@@ -371,7 +371,8 @@ def bench_table(rows: list[dict], title: str, wide: bool = False) -> Table:
     for r in rows:
         value = "-" if metric not in r else f"{r[metric]:.2f}" if metric == "perplexity" else f"{100 * r[metric]:.2f}"
         cells = [r["source"], r["runtime"], r["precision"], value, f"{r['size_bytes'] / 1024:,.1f}",
-                 f"{r['latency_p50_ms']:.3f}", fmt_speedup(r.get("speedup"), short=not wide), f"{r['throughput_sps']:,.0f}"]
+                 f"{r['latency_p50_ms']:.3f}", fmt_speedup(r.get("speedup"), short=not wide),
+                 f"{r['throughput_sps']:,.0f}"]
         if wide:
             cells[7:7] = [f"{r['latency_p95_ms']:.3f}"]
             cells += [str(r.get("xnnpack_nodes", "-")),

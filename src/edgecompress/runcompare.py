@@ -5,8 +5,9 @@ the two run-level uses of that: ``export.format: fastest`` (:func:`resolve_faste
 ``compare_runtimes`` exports the model (and, on request, its static INT8 version from ``quant.ptq``) in each
 runtime's format and measures every artifact the same way (:func:`edgecompress.measure.measure_artifact`):
 accuracy in its runtime, bytes on disk, latency p50/p95 and throughput in a fresh benchmark process with the same
-threads and batch; the speed-ups between them come from timing them side by side in interleaved rounds. This module sits above ``measure`` and ``runtimes``: it builds models, tasks and INT8 artifacts
-from recipes and stages.
+threads and batch; the speed-ups between them come from timing them side by side in interleaved rounds. This
+module sits above ``measure`` and ``runtimes``: it builds models, tasks and INT8 artifacts from recipes and
+stages.
 """
 
 from __future__ import annotations

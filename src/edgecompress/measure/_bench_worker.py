@@ -3,8 +3,8 @@
 Started by :func:`edgecompress.measure.latency.benchmark` as a script, ``python -P _bench_worker.py '<json>'``,
 with the keys entry (the runtime's ``bench`` function, ``module:function``), path, input_shape, threads, batch,
 warmup, repeats (or, to compare several artifacts in interleaved rounds, ``artifacts``: [{entry, path}, ...] and
-rounds: see :func:`run_interleaved`), and optionally vocab_size: then the input is token ids ``[batch, *input_shape]`` drawn below
-vocab_size with an all-ones attention mask (a dict ``input_ids``/``attention_mask`` of int64), not float noise. It is run by path, not with ``-m``, because importing the ``edgecompress`` package imports torch
+rounds: see :func:`run_interleaved`), and optionally vocab_size: then the input is token ids
+``[batch, *input_shape]`` drawn below vocab_size with an all-ones attention mask (a dict ``input_ids``/``attention_mask`` of int64), not float noise. It is run by path, not with ``-m``, because importing the ``edgecompress`` package imports torch
 and the whole toolkit: this file imports only the standard library, numpy and the runtime's module with what it
 needs (no torch for ONNX), so it starts fast.
 

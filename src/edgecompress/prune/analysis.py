@@ -8,7 +8,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgecompress.nn.layers import LAYER_TYPES, build_graph, is_depthwise, resolve_layers, weight_layers  # noqa: F401
+from edgecompress.nn.layers import LAYER_TYPES, build_graph, is_depthwise, resolve_layers, weight_layers
 
 
 def ratio_or_macs_target(data, ratio_key: str, default: float = 0.5):

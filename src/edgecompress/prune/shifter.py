@@ -163,8 +163,8 @@ def shift(model: nn.Module, example: torch.Tensor, fold_bn: bool = True, multipl
         fn = tp.prune_conv_out_channels if isinstance(root, _CONV) else tp.prune_linear_out_channels
         plan = _plan(graph.get_pruning_group(root, fn, idxs=dead), graph, outputs, names, model, example)
         channels = graph.get_out_channels(root)
-        for extra in sorted(plan.ok)[: align.aligned_keep(channels - len(plan.ok), channels, multiple, up=True)
-                                     - (channels - len(plan.ok))]:
+        kept = channels - len(plan.ok)
+        for extra in sorted(plan.ok)[: align.aligned_keep(kept, channels, multiple, up=True) - kept]:
             plan.drop(extra, f"kept for channel alignment (multiples of {multiple})")
         if plan.reasons:
             report["kept_dead"][name] = {str(k): v for k, v in sorted(plan.reasons.items())}

@@ -23,9 +23,9 @@ from torch import nn
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs
-from edgecompress.nn.layers import build_graph
+from edgecompress.nn.layers import build_graph, resolve_layers
 from edgecompress.prune.align import aligned_keep
-from edgecompress.prune.analysis import output_layers, resolve_layers
+from edgecompress.prune.analysis import output_layers
 
 _IMPORTANCE = tp.importance.MagnitudeImportance(p=1)
 

@@ -16,9 +16,9 @@ from edgecompress.context import StageContext
 from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs, count_params
-from edgecompress.nn.layers import LAYER_TYPES, build_graph, weight_layers
+from edgecompress.nn.layers import LAYER_TYPES, build_graph, resolve_layers, weight_layers
 from edgecompress.prune import align
-from edgecompress.prune.analysis import output_layers, ratio_or_macs_target, resolve_layers
+from edgecompress.prune.analysis import output_layers, ratio_or_macs_target
 from edgecompress.registry import CPU_AND_CUDA, register
 
 STAGE = "prune.structured"

@@ -63,8 +63,6 @@ def dynamic(model: nn.Module, config: DynamicConfig, ctx: StageContext) -> Stage
     projection's MatMul becomes MatMulInteger.
     """
     example = ctx.example_inputs(2)
-    if isinstance(example, dict):  # token inputs: a batch of one, as the pipeline exports them
-        example = {k: v[:1] for k, v in example.items()}
     backend = resolve_backend(config.backend, ctx)
     if backend == "onnxruntime":
         artifact, report = _dynamic_onnx(model, config, ctx, example)
@@ -83,7 +81,8 @@ def _dynamic_onnx(
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    fp32, prep = fp32_onnx(model, ctx, example if isinstance(example, dict) else example[:1])
+    one = ctx.example_inputs(1) if isinstance(example, dict) else example[:1]  # token inputs: a dict of tensors
+    fp32, prep = fp32_onnx(model, ctx, one)
     out = prep.parent / "model_int8.onnx"
     tmp = out.with_suffix(".tmp.onnx")
     quantize_dynamic(

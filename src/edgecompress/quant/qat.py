@@ -240,11 +240,12 @@ def float_copy(qmodel: QATModel) -> nn.Module:
     folded BatchNorms, absent from the graph, stay exact identities."""
     trained = copy.deepcopy(qmodel.float_model[0])
     graph_state = qmodel.graph.state_dict()
-    folded = {f"{n}." for n, m in trained.named_modules() if is_identity_bn(m)}
-    missing = [k for k in trained.state_dict() if k not in graph_state and not k.startswith(tuple(folded))]
+    keys = trained.state_dict().keys()
+    folded = tuple(f"{n}." for n, m in trained.named_modules() if is_identity_bn(m))
+    missing = [k for k in keys if k not in graph_state and not k.startswith(folded)]
     if missing:
         raise RuntimeError(f"the trained graph lacks {', '.join(missing[:5])}")
-    trained.load_state_dict({k: v for k, v in graph_state.items() if k in trained.state_dict()}, strict=False)
+    trained.load_state_dict({k: v for k, v in graph_state.items() if k in keys}, strict=False)
     return trained.eval()
 
 

@@ -86,7 +86,8 @@ def _cards(metrics: dict) -> list[dict[str, Any]]:
     cards = []
     for key, label, unit, keyword in CARDS:
         value = number(summary.get(key))
-        text = DASH if value is None else (f"{value:.2f}" if unit == "pts" or key == "latency_speedup" else f"{value:.1f}")
+        two_places = unit == "pts" or key == "latency_speedup"
+        text = DASH if value is None else (f"{value:.2f}" if two_places else f"{value:.1f}")
         related = [c for c in checks if keyword in c["key"].lower()]
         if key == "accuracy_drop_points" and summary.get("metric") == "agreement_top1":
             label = "Agreement drop"  # unlabeled data: top-1 agreement with the original model
@@ -110,7 +111,8 @@ def _speedup_notes(spread: Any) -> list[str]:
     """The spread of an interleaved speed-up, as short lines under its card."""
     if not isinstance(spread, dict) or number(spread.get("q1")) is None:
         return []
-    lines = [f"interquartile range {spread['q1']:.2f}–{spread['q3']:.2f} over {spread.get('rounds')} interleaved rounds"]
+    lines = [f"interquartile range {spread['q1']:.2f}–{spread['q3']:.2f} over {spread.get('rounds')} "
+             "interleaved rounds"]
     return lines + ([] if spread.get("measurable") else ["no measurable difference: the range includes 1.0"])
 
 

@@ -42,8 +42,8 @@ COLUMNS: list[tuple[str, str]] = [
     ("speedup", "Speed-up × (IQR)"),  # measured, beside the MAC ratio: timed side by side with the baseline
 ]
 # The terminal's columns by default (they fit 80 columns); ``--wide`` shows every column with a terminal header.
-COMPACT = ("stage", "accuracy", "agreement", "perplexity", "cosine", "params", "nonzero", "macs", "size", "p50", "speedup",
-           "seconds", "size_x")
+COMPACT = ("stage", "accuracy", "agreement", "perplexity", "cosine", "params", "nonzero", "macs", "size", "p50",
+           "speedup", "seconds", "size_x")
 # Terminal headers wrap onto two lines to keep columns narrow; None leaves the column out (it stays in the HTML).
 TERMINAL_HEADERS = {
     "precision": None, "f1": None, "accuracy": "Acc\n%", "agreement": "Agree\n%", "perplexity": "PPL", "cosine": "Cos\n%", "nonzero": "Non-\nzero", "p50": "p50\nms", "p95": "p95\nms",

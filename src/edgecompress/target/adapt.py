@@ -30,32 +30,16 @@ from edgecompress.target.profiles import TargetProfile, load_target
 from edgecompress.train import DistillConfig, TrainSettings, accuracy, train
 
 STAGE = "hw.adapt"
-@rebuildable
-class AdaptedHardswish(nn.Hardswish):
-    """``nn.Hardswish`` put in by hw.adapt: a class of its own, so a checkpoint rebuilds the substitution."""
-
-    def spec(self) -> dict:
-        return {}
-
-
-@rebuildable
-class AdaptedReLU6(nn.ReLU6):
-    """``nn.ReLU6`` put in by hw.adapt (rebuilt from checkpoints)."""
-
-    def spec(self) -> dict:
-        return {}
+def _adapted(base: type[nn.Module]) -> type[nn.Module]:
+    """A subclass of the activation ``base`` that marks a substitution hw.adapt made: a class of its own
+    (``Adapted<base>``), registered so that a checkpoint rebuilds the substitution instead of the original."""
+    doc = f"``nn.{base.__name__}`` put in by hw.adapt (rebuilt from checkpoints)."
+    return rebuildable(type(f"Adapted{base.__name__}", (base,),
+                            {"spec": lambda self: {}, "__doc__": doc, "__module__": __name__}))
 
 
-@rebuildable
-class AdaptedReLU(nn.ReLU):
-    """``nn.ReLU`` put in by hw.adapt (rebuilt from checkpoints)."""
-
-    def spec(self) -> dict:
-        return {}
-
-
-REPLACEMENTS = {"hardswish": ("HardSwish", AdaptedHardswish), "relu6": ("Clip", AdaptedReLU6),
-                "relu": ("Relu", AdaptedReLU)}
+REPLACEMENTS = {"hardswish": ("HardSwish", _adapted(nn.Hardswish)), "relu6": ("Clip", _adapted(nn.ReLU6)),
+                "relu": ("Relu", _adapted(nn.ReLU))}
 _EXPORTS_TO = {getattr(nn, name): ops for name, ops in REPLACEABLE.items()}
 
 
