@@ -22,6 +22,7 @@ import platform
 from pathlib import Path
 from typing import Annotated, Literal
 
+import torch_pruning as tp
 from pydantic import Field
 
 from edgecompress.registry import StageConfig
@@ -84,3 +85,11 @@ def aligned_keep(keep: int, channels: int, multiple: int, up: bool = False) -> i
         return keep
     rounded = -(-keep // multiple) if up else (keep + multiple // 2) // multiple
     return min(max(multiple, multiple * rounded), channels)
+
+
+class AlignedPruner(tp.pruner.MetaPruner):
+    """torch-pruning's MetaPruner with channel counts rounded to the nearest multiple (:func:`aligned_keep`),
+    not down as torch-pruning does."""
+
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        return current_channels - aligned_keep(current_channels - n_pruned, current_channels, round_to)

@@ -17,9 +17,13 @@ from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs, count_params
 from edgecompress.nn.layers import LAYER_TYPES, build_graph, resolve_layers, weight_layers
-from edgecompress.prune import align
+from edgecompress.calibration import MIN_CALIB_SAMPLES, calibration_samples
+from edgecompress.prune import align, sensitivity
+from edgecompress.prune.align import AlignedPruner
+from edgecompress.prune.importance import ActivationImportance, input_moments
 from edgecompress.prune.analysis import output_layers, ratio_or_macs_target
 from edgecompress.registry import CPU_AND_CUDA, register
+from edgecompress.ui import progress
 
 STAGE = "prune.structured"
 
@@ -34,11 +38,21 @@ class StructuredConfig(align.AlignedConfig):
     target_macs_ratio: float | None = Field(
         None, gt=0.0, lt=1.0,
         description="instead of ratio: prune step by step until MACs <= this fraction of the original")
-    criterion: Literal["l1", "l2", "taylor", "bn_scale"] = Field(
+    criterion: Literal["l1", "l2", "taylor", "bn_scale", "activation"] = Field(
         "l2", description="channel importance: l1/l2 weight norm, taylor |w * dL/dw| (uses training batches), "
-                          "bn_scale |gamma| of the following BatchNorm (layers without one are left alone)")
-    scope: Literal["uniform", "global"] = Field(
-        "uniform", description="uniform: the same ratio in every layer; global: channels ranked across layers")
+                          "bn_scale |gamma| of the following BatchNorm (layers without one are left alone), "
+                          "activation: ||W[:, c]||^2 * E[x_c^2] summed over the layers consuming channel c, from "
+                          "unlabeled calibration inputs (what removing c changes in their outputs)")
+    scope: Literal["uniform", "global", "sensitivity"] = Field(
+        "uniform", description="uniform: the same ratio in every layer; global: channels ranked across layers; "
+                               "sensitivity: per-layer ratios from the output error each layer's pruning causes on "
+                               "unlabeled calibration inputs, the least total error within target_macs_ratio")
+    calib_samples: int = Field(64, ge=MIN_CALIB_SAMPLES, le=100_000,
+                               description="unlabeled inputs for criterion activation and scope sensitivity")
+    sensitivity_ratios: list[float] = Field(
+        [0.125, 0.25, 0.375, 0.5, 0.625, 0.75], min_length=1,
+        description="scope sensitivity: the ratios at which each layer's output error is measured (at most "
+                    "max_layer_ratio)")
     max_layer_ratio: float = Field(0.9, gt=0.0, lt=1.0, description="most any one layer may lose")
     iterative_steps: int | None = Field(
         None, ge=1, le=200,
@@ -56,18 +70,20 @@ class StructuredConfig(align.AlignedConfig):
     def _one_target(cls, data):
         return ratio_or_macs_target(data, "ratio")
 
+    @model_validator(mode="after")
+    def _sensitivity_needs_target(self):
+        if self.scope == "sensitivity" and self.target_macs_ratio is None:
+            raise ValueError("scope 'sensitivity' chooses per-layer ratios for a MAC budget: give target_macs_ratio "
+                             "(e.g. 0.5) instead of ratio")
+        if self.scope == "sensitivity" and self.criterion == "taylor":
+            raise ValueError("scope 'sensitivity' ranks channels without labels: use criterion l1, l2, bn_scale or "
+                             "activation, not taylor")
+        return self
+
     def labels_needed(self) -> str | None:
         return "taylor importance uses gradients of the task's loss; l1, l2 and bn_scale need no data" \
             if self.criterion == "taylor" else None
 
-
-
-class AlignedPruner(tp.pruner.MetaPruner):
-    """torch-pruning's MetaPruner with channel counts rounded to the nearest multiple (:func:`align.aligned_keep`),
-    not down as torch-pruning does."""
-
-    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
-        return current_channels - align.aligned_keep(current_channels - n_pruned, current_channels, round_to)
 
 
 def _importance(criterion: str) -> tp.importance.Importance:
@@ -76,6 +92,7 @@ def _importance(criterion: str) -> tp.importance.Importance:
         "l2": lambda: tp.importance.MagnitudeImportance(p=2),
         "taylor": tp.importance.TaylorImportance,
         "bn_scale": tp.importance.BNScaleImportance,
+        "activation": ActivationImportance,
     }[criterion]()
 
 
@@ -158,6 +175,27 @@ def _explain_failures(model: nn.Module, doing: str) -> Iterator[None]:
             h.remove()
 
 
+def _by_sensitivity(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor, importance, ignored: list[nn.Module],
+                    multiple: int, config: StructuredConfig, macs0: float, ctx: StageContext) -> tuple[nn.Module, float]:
+    """Per-layer ratios by measured output error (:mod:`edgecompress.prune.sensitivity`); records the curves."""
+    if isinstance(importance, ActivationImportance):
+        importance.moments = input_moments(model, inputs)
+    ratios = sorted(r for r in config.sensitivity_ratios if 0 < r <= config.max_layer_ratio)
+    with progress(ctx.progress) as bar:  # no _explain_failures: its hooks would be deep-copied with the model
+        task = bar.add_task(f"{STAGE} sensitivity", total=None)
+        pruned, allocation, macs = sensitivity.prune_to_macs(
+            model, example, inputs, importance, [sub for m in ignored for sub in m.modules()], multiple,
+            config.target_macs_ratio * macs0, ratios,
+            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    ctx.info["sensitivity"] = {
+        "samples": len(inputs), "metric": "relative squared output error vs the unpruned model",
+        "layers": {c.name: {"chosen": round(c.chosen, 4), "ratios": [round(r, 4) for r in c.ratios],
+                            "errors": [float(f"{e:.4g}") for e in c.errors]} for c in allocation.curves},
+        "unmeasured": allocation.unmeasured,
+    }
+    return pruned, macs
+
+
 @register(STAGE, StructuredConfig, devices=CPU_AND_CUDA)
 def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageContext) -> nn.Module:
     """Remove whole channels/filters (torch-pruning dependency graph) so params and MACs really shrink.
@@ -181,22 +219,32 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageConte
     target = config.target_macs_ratio
     steps = config.iterative_steps or (20 if target is not None else 1)
     multiple = align.resolve(config.round_to, ctx.export.runtime, f"{STAGE}.round_to")
-    with _explain_failures(model, "building the torch-pruning dependency graph"):
-        pruner = AlignedPruner(
-            model, example, _importance(config.criterion), global_pruning=config.scope == "global",
-            pruning_ratio=config.max_layer_ratio if target is not None else config.ratio,
-            max_pruning_ratio=config.max_layer_ratio, iterative_steps=steps,
-            ignored_layers=[modules[n] for n in sorted(skipped)], round_to=multiple if multiple > 1 else None,
-        )
-    macs, done = macs0, 0
-    while done < steps and (target is None or macs > target * macs0):
-        if config.criterion == "taylor":
-            _taylor_gradients(model, task, config.taylor_batches, config.batch_size, ctx.seed + done)
-        with _explain_failures(model, "pruning with torch-pruning"):
-            pruner.step()
-        done += 1
-        with _explain_failures(model, "running the pruned model"):
-            macs = count_macs(model, example)
+    importance, inputs = _importance(config.criterion), None
+    if config.criterion == "activation" or config.scope == "sensitivity":
+        inputs = calibration_samples(ctx, config.calib_samples, STAGE).to(example.device)
+    ignored = [modules[n] for n in sorted(skipped)]
+    if config.scope == "sensitivity":
+        model, macs = _by_sensitivity(model, example, inputs, importance, ignored, multiple, config, macs0, ctx)
+        done = 1
+    else:
+        with _explain_failures(model, "building the torch-pruning dependency graph"):
+            pruner = AlignedPruner(
+                model, example, importance, global_pruning=config.scope == "global",
+                pruning_ratio=config.max_layer_ratio if target is not None else config.ratio,
+                max_pruning_ratio=config.max_layer_ratio, iterative_steps=steps,
+                ignored_layers=ignored, round_to=multiple if multiple > 1 else None,
+            )
+        macs, done = macs0, 0
+        while done < steps and (target is None or macs > target * macs0):
+            if config.criterion == "taylor":
+                _taylor_gradients(model, task, config.taylor_batches, config.batch_size, ctx.seed + done)
+            if isinstance(importance, ActivationImportance):
+                importance.moments = input_moments(model, inputs)
+            with _explain_failures(model, "pruning with torch-pruning"):
+                pruner.step()
+            done += 1
+            with _explain_failures(model, "running the pruned model"):
+                macs = count_macs(model, example)
     model.zero_grad(set_to_none=True)
     with _explain_failures(model, "running the pruned model"), torch.no_grad():
         new_shapes = _shapes(model.eval()(example))

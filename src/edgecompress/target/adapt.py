@@ -23,7 +23,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.nn.layers import build_graph
 from edgecompress.nn.rebuild import rebuildable
 from edgecompress.prune.analysis import output_layers
-from edgecompress.prune.structured import AlignedPruner
+from edgecompress.prune.align import AlignedPruner
 from edgecompress.registry import CPU_AND_CUDA, register
 from edgecompress.target.check import REPLACEABLE, TargetCheck, check_module, kib
 from edgecompress.target.profiles import TargetProfile, load_target

@@ -1,0 +1,216 @@
+"""Per-layer pruning ratios by measured sensitivity: a MAC target met by removing what the model misses least.
+
+For every torch-pruning group (a layer's output channels and everything coupled to them) the least important
+channels are masked, at a few ratios, and the relative squared error of the model's output against the unpruned
+output is measured on unlabeled calibration inputs. Masking a group's channels at the inputs of the Conv/Linear
+layers that consume them is exactly what removing them does, so no copy is pruned while measuring. Output errors of
+independent groups add (approximately), so the ratios solve ``min sum_g err_g(r_g)`` subject to the MAC budget by a
+Lagrange multiplier: each group picks the ratio minimising ``err_g(r) - lam * macs_saved_g(r)``, and ``lam`` is
+bisected on the MACs of the really pruned model. torch-pruning has no sensitivity analysis, so it is written here
+(in the spirit of the per-layer sensitivity scans of Han et al. and AMC-style budget allocation).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from edgecompress.measure.counts import count_macs
+from edgecompress.nn.layers import LAYER_TYPES
+from edgecompress.nn.replay import PrefixReplay
+from edgecompress.prune import align
+from edgecompress.prune.importance import consumers
+
+
+@dataclass
+class GroupCurve:
+    """One group's sensitivity: output error and MACs saved at each ratio (ratio 0 first)."""
+
+    root: nn.Module
+    name: str
+    prune_fn: Callable  # torch-pruning's function that removes the root's channels
+    order: list[int]  # root channels, least important first
+    ratios: list[float]
+    errors: list[float]
+    saved: list[float]  # estimated MACs removed (group layers' MACs times the removed fraction)
+    chosen: float = 0.0
+
+    @property
+    def channels(self) -> int:
+        return len(self.order)
+
+    def dropped(self, ratio: float) -> list[int]:
+        return self.order[:round(ratio * self.channels)]
+
+
+@dataclass
+class Allocation:
+    curves: list[GroupCurve]
+    unmeasured: list[str] = field(default_factory=list)  # groups with no Conv/Linear consumer: left whole
+
+    def ratios(self, lam: float) -> dict[str, float]:
+        """Each group's ratio minimising ``error - lam * saved`` (group root name -> ratio; 0 left out)."""
+        out = {}
+        for c in self.curves:
+            best = min(range(len(c.ratios)), key=lambda i: c.errors[i] - lam * c.saved[i])
+            if c.ratios[best] > 0:
+                out[c.name] = c.ratios[best]
+        return out
+
+
+def layer_macs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, float]:
+    """Multiply-accumulates of every Conv/Linear layer for one ``example`` forward."""
+    macs: dict[nn.Module, float] = {}
+
+    def hook(module, args, output):  # outputs of one sample times MACs per output (weight[0]: one filter/row)
+        macs[module] = float(output[0].numel() * module.weight[0].numel())
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, LAYER_TYPES)]
+    try:
+        with torch.no_grad():
+            model.eval()(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs
+
+
+def _mask_hooks(group: tp.dependency.Group, dropped: set[int]) -> list:
+    """Forward pre-hooks zeroing the dropped root channels at the inputs of the group's consumers."""
+    hooks = []
+    for layer, idxs, root_idxs in consumers(group):
+        cut = [i for i, r in zip(idxs, root_idxs) if r in dropped]
+        if not cut:
+            continue
+        dim = 1 if isinstance(layer, nn.modules.conv._ConvNd) else -1
+        size = layer.in_channels if dim == 1 else layer.in_features
+        mask = torch.ones(size)
+        mask[cut] = 0.0
+
+        def zero(module, args, mask=mask, dim=dim):
+            shape = [1] * args[0].dim()
+            shape[dim] = -1
+            return (args[0] * mask.to(args[0]).view(shape), *args[1:])
+
+        hooks.append(layer.register_forward_pre_hook(zero))
+    return hooks
+
+
+def _relative_error(model: nn.Module, inputs: list[torch.Tensor], replay: PrefixReplay, skip: list[nn.Module]
+                    ) -> float:
+    err = ref = 0.0
+    with torch.no_grad():
+        for i, (x, y) in enumerate(zip(inputs, replay.reference)):
+            with replay.replaying(skip, i):
+                out = model(x)
+            err += float((out - y).pow(2).sum())
+            ref += float(y.pow(2).sum())
+    return err / max(ref, 1e-12)
+
+
+def measure(model: nn.Module, groups: list[tp.dependency.Group],
+            importance: Callable[[tp.dependency.Group], torch.Tensor], inputs: torch.Tensor, example: torch.Tensor,
+            ratios: list[float], multiple: int, batch_size: int = 32,
+            progress: Callable[[int, int], None] | None = None) -> Allocation:
+    """Sensitivity curves of ``groups`` of ``model`` (channels ranked by ``importance``) at ``ratios``."""
+    names = {m: n for n, m in model.named_modules()}
+    macs = layer_macs(model, example)
+    model.eval()
+    batches = list(inputs.split(batch_size))
+    replay = PrefixReplay(model, batches)  # the unpruned outputs, and the blocks before each group replayed
+    allocation = Allocation([])
+    for done, group in enumerate(groups):
+        root = group[0].dep.target.module
+        if not consumers(group):
+            allocation.unmeasured.append(names[root])
+            continue
+        order = torch.argsort(importance(group).float()).tolist()
+        channels = len(order)
+        layers = {item.dep.layer for item in group if isinstance(item.dep.layer, LAYER_TYPES)}
+        group_macs = sum(macs.get(layer, 0.0) for layer in layers)
+        curve = GroupCurve(root, names[root], group[0].dep.handler, order, [0.0], [0.0], [0.0])
+        last_keep, skip = channels, replay.before([layer for layer, _, _ in consumers(group)])
+        for ratio in ratios:
+            keep = align.aligned_keep(max(1, round(channels * (1 - ratio))), channels, multiple)
+            if keep >= last_keep:  # alignment made it the same as a smaller ratio
+                continue
+            last_keep = keep
+            hooks = _mask_hooks(group, set(order[:channels - keep]))  # == curve.dropped(removed)
+            try:
+                error = _relative_error(model, batches, replay, skip)
+            finally:
+                for h in hooks:
+                    h.remove()
+            removed = 1 - keep / channels
+            curve.ratios.append(removed)
+            curve.errors.append(error)
+            curve.saved.append(removed * group_macs)
+        allocation.curves.append(curve)
+        if progress:
+            progress(done + 1, len(groups))
+    return allocation
+
+
+def solve(allocation: Allocation, pruned_macs: Callable[[dict[str, float]], float], target: float,
+          iterations: int = 14) -> tuple[dict[str, float], float]:
+    """The ratios (and their real MACs) with the least summed error whose pruned model has ``<= target`` MACs:
+    bisection of the multiplier on ``pruned_macs`` (MACs of the model pruned with those ratios)."""
+    errors = [e for c in allocation.curves for e in c.errors if e > 0]
+    saved = [s for c in allocation.curves for s in c.saved if s > 0]
+    if not errors or not saved:
+        return {}, pruned_macs({})
+    lo = math.log(min(errors) / max(saved)) - 2  # lam so small that nothing is worth removing
+    hi = math.log(max(errors) / min(saved)) + 2  # lam so large that every group takes its largest ratio
+    best = allocation.ratios(math.exp(hi))
+    best_macs = pruned_macs(best)
+    for _ in range(iterations if best_macs <= target else 0):
+        mid = (lo + hi) / 2
+        ratios = allocation.ratios(math.exp(mid))
+        macs = pruned_macs(ratios)
+        if macs <= target:
+            hi, best, best_macs = mid, ratios, macs
+        else:
+            lo = mid
+    for curve in allocation.curves:
+        curve.chosen = best.get(curve.name, 0.0)
+    return best, best_macs
+
+
+def apply(model: nn.Module, example: torch.Tensor, allocation: Allocation, ratios: dict[str, float]) -> nn.Module:
+    """A copy of ``model`` with each measured group's least important channels removed at its ratio
+    (``ratios``: group root name -> ratio)."""
+    clone = copy.deepcopy(model)
+    modules = dict(clone.named_modules())
+    graph = tp.DependencyGraph().build_dependency(clone, example_inputs=example)
+    for curve in allocation.curves:
+        dropped = curve.dropped(ratios.get(curve.name, 0.0))
+        if dropped:
+            graph.get_pruning_group(modules[curve.name], curve.prune_fn, dropped).prune()
+    return clone
+
+
+def prune_to_macs(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor,
+                  importance: Callable[[tp.dependency.Group], torch.Tensor], ignored: list[nn.Module], multiple: int,
+                  target_macs: float, ratios: list[float], batch_size: int = 32,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[nn.Module, Allocation, float]:
+    """``model`` pruned (a copy) to at most ``target_macs`` with per-group ratios by sensitivity on ``inputs``;
+    the measured curves with each group's chosen ratio; the pruned model's MACs."""
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)))
+    allocation = measure(model, groups, importance, inputs, example, ratios, multiple, batch_size, progress)
+    seen: dict[tuple, float] = {}
+
+    def macs_of(chosen: dict[str, float]) -> float:
+        key = tuple(sorted(chosen.items()))
+        if key not in seen:
+            seen[key] = count_macs(apply(model, example, allocation, chosen), example)
+        return seen[key]
+
+    best, macs = solve(allocation, macs_of, target_macs)
+    return apply(model, example, allocation, best), allocation, macs

@@ -1,0 +1,96 @@
+"""prune.structured's label-free choices: activation importance and per-layer ratios by measured sensitivity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch_pruning as tp
+from pydantic import ValidationError
+from torch import nn
+
+from edgecompress.context import StageContext
+from edgecompress.measure.counts import count_macs, count_params
+from edgecompress.nn.replay import PrefixReplay
+from edgecompress.prune import sensitivity
+from edgecompress.prune.importance import ActivationImportance, input_moments
+from edgecompress.registry import get
+from test_prune_structured import ToyResNet
+
+
+def relative_error(model: nn.Module, reference: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        y = reference.eval()(x)
+        return float((model.eval()(x) - y).pow(2).sum() / y.pow(2).sum())
+
+
+def test_activation_importance_is_consumer_weight_energy_times_input_energy():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1)).eval()
+    x = torch.randn(8, 2, 5, 5)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1])
+    group = graph.get_pruning_group(model[0], tp.prune_conv_out_channels, list(range(4)))
+    scores = ActivationImportance(input_moments(model, x))(group)
+    with torch.no_grad():
+        hidden = torch.relu(model[0](x))
+    expected = model[2].weight.detach().pow(2).sum((0, 2, 3)) * hidden.pow(2).mean((0, 2, 3))
+    assert torch.allclose(scores, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("net", ["toy_resnet", "digits_cnn"])
+def test_masked_error_is_the_error_of_the_physically_pruned_model(net, digits_cnn, digits_task):
+    """Masking a group's channels at its consumers (with the unchanged blocks before them replayed) measures
+    exactly the error that removing them gives."""
+    torch.manual_seed(0)
+    model = ToyResNet().eval() if net == "toy_resnet" else digits_cnn
+    x = digits_task.calibration(16)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1])
+    output = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    groups = list(graph.get_all_groups(ignored_layers=[output], root_module_types=(nn.Conv2d, nn.Linear)))
+    importance = ActivationImportance(input_moments(model, x))
+    allocation = sensitivity.measure(model, groups, importance, x, x[:1], [0.5], multiple=1, batch_size=8)
+    assert len(allocation.curves) == len(groups) >= 3
+    for curve in allocation.curves:
+        pruned = sensitivity.apply(model, x[:1], allocation, {curve.name: curve.ratios[1]})
+        assert count_params(pruned) < count_params(model)
+        assert relative_error(pruned, model, x) == pytest.approx(curve.errors[1], rel=1e-3, abs=1e-9)
+
+
+def test_sensitivity_ratios_lose_less_than_uniform_at_the_same_macs(digits_cnn, digits_task):
+    stage, x = get("prune.structured"), digits_task.test.tensors[0][:256]
+    example = digits_task.example_inputs(1)
+    errors = {}
+    for label, options in {"uniform": {"criterion": "l2"},
+                           "sensitivity": {"criterion": "activation", "scope": "sensitivity"}}.items():
+        ctx = StageContext(task=digits_task, progress=False)
+        pruned = stage(digits_cnn, stage.config(target_macs_ratio=0.5, round_to=1, **options), ctx)
+        assert count_macs(pruned, example) <= 0.5 * count_macs(digits_cnn, example)
+        errors[label] = relative_error(pruned, digits_cnn, x)
+    chosen = [layer["chosen"] for layer in ctx.info["sensitivity"]["layers"].values()]
+    assert len(set(chosen)) > 1  # per-layer ratios, not one ratio
+    assert errors["sensitivity"] < 0.7 * errors["uniform"]
+
+
+def test_sensitivity_scope_needs_a_mac_target_and_a_label_free_criterion():
+    config = get("prune.structured").config
+    with pytest.raises(ValidationError, match="target_macs_ratio"):
+        config(scope="sensitivity", ratio=0.5)
+    with pytest.raises(ValidationError, match="taylor"):
+        config(scope="sensitivity", target_macs_ratio=0.5, criterion="taylor")
+
+
+class Doubling(nn.Module):
+    def forward(self, x):
+        return x.mul_(2)  # in place, like ReLU(inplace=True) or `out += identity`
+
+
+def test_prefix_replay_returns_the_recorded_outputs_even_after_in_place_operations():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), Doubling(), nn.Linear(4, 3), Doubling()).eval()
+    batches = [torch.randn(5, 4), torch.randn(2, 4)]
+    replay = PrefixReplay(model, batches)
+    assert replay.before([model[2]]) == [model[0], model[1]]
+    for first_changed in (model[1], model[2], model[1]):  # an output modified in place must not change a replay
+        for i, x in enumerate(batches):
+            with replay.replaying(replay.before([first_changed]), i), torch.no_grad():
+                assert torch.equal(model(x), replay.reference[i])
+    assert "forward" not in vars(model[0])  # the real forward is back
