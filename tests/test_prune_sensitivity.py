@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch_pruning as tp
@@ -10,6 +12,7 @@ from torch import nn
 
 from edgecompress.context import StageContext
 from edgecompress.measure.counts import count_macs, count_params
+from edgecompress.nn.bn import reestimate_bn
 from edgecompress.nn.replay import PrefixReplay
 from edgecompress.prune import sensitivity
 from edgecompress.prune.importance import ActivationImportance, input_moments
@@ -36,23 +39,33 @@ def test_activation_importance_is_consumer_weight_energy_times_input_energy():
     assert torch.allclose(scores, expected, rtol=1e-4)
 
 
-@pytest.mark.parametrize("net", ["toy_resnet", "digits_cnn"])
-def test_masked_error_is_the_error_of_the_physically_pruned_model(net, digits_cnn, digits_task):
+@pytest.mark.parametrize("net,recalibrate", [("toy_resnet", False), ("digits_cnn", False), ("digits_cnn", True)])
+def test_masked_error_is_the_error_of_the_physically_pruned_model(net, recalibrate, digits_cnn, digits_task):
     """Masking a group's channels at its consumers (with the unchanged blocks before them replayed) measures
-    exactly the error that removing them gives."""
+    exactly the error that removing them gives (and, with BatchNorm re-estimation, removing them then running
+    recover.bn's re-estimation)."""
     torch.manual_seed(0)
     model = ToyResNet().eval() if net == "toy_resnet" else digits_cnn
     x = digits_task.calibration(16)
+    if recalibrate:  # statistics of these inputs already, so re-estimation changes only what pruning changed
+        model = copy.deepcopy(model)
+        reestimate_bn(model, x.split(8))
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1])
     output = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     groups = list(graph.get_all_groups(ignored_layers=[output], root_module_types=(nn.Conv2d, nn.Linear)))
     importance = ActivationImportance(input_moments(model, x))
-    allocation = sensitivity.measure(model, groups, importance, x, x[:1], [0.5], multiple=1, batch_size=8)
+    allocation = sensitivity.measure(model, groups, importance, x, x[:1], [0.5], multiple=1, batch_size=8,
+                                     recalibrate=recalibrate)
     assert len(allocation.curves) == len(groups) >= 3
     for curve in allocation.curves:
         pruned = sensitivity.apply(model, x[:1], allocation, {curve.name: curve.ratios[1]})
+        if recalibrate:
+            reestimate_bn(pruned, x.split(8))
         assert count_params(pruned) < count_params(model)
-        assert relative_error(pruned, model, x) == pytest.approx(curve.errors[1], rel=1e-3, abs=1e-9)
+        # with re-estimation, blocks before the group are replayed with their inference outputs, whereas
+        # re-estimating the pruned model normalises them with batch statistics: close, not equal
+        tolerance = 0.08 if recalibrate else 1e-3
+        assert relative_error(pruned, model, x) == pytest.approx(curve.errors[1], rel=tolerance, abs=1e-9)
 
 
 def test_sensitivity_ratios_lose_less_than_uniform_at_the_same_macs(digits_cnn, digits_task):

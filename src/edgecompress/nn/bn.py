@@ -7,7 +7,8 @@ never change what another consumer of that layer sees.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch_pruning as tp
@@ -78,10 +79,12 @@ def is_identity_bn(m: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def reestimate_bn(model: nn.Module, inputs: Iterable[torch.Tensor]) -> int:
+def reestimate_bn(model: nn.Module, inputs: Iterable[torch.Tensor],
+                  forward: Callable[[int, torch.Tensor], object] | None = None) -> int:
     """Reset every BatchNorm's running statistics and re-estimate them as the cumulative average (momentum
     None) over the batches ``inputs``: BatchNorms in train mode, every other module in eval mode (dropout off,
-    as at inference). Only statistics change; the model's mode is restored. Returns the number of BatchNorms."""
+    as at inference). ``forward(i, x)`` runs batch number ``i`` (default ``model(x)``). Only statistics change;
+    the model's mode is restored. Returns the number of BatchNorms."""
     bns = bn_layers(model)
     if not bns:
         return 0
@@ -93,10 +96,23 @@ def reestimate_bn(model: nn.Module, inputs: Iterable[torch.Tensor]) -> int:
         m.momentum = None
         m.train()
     try:
-        for x in inputs:
-            model(x.to(device))
+        for i, x in enumerate(inputs):
+            (forward or (lambda _, batch: model(batch)))(i, x.to(device))
     finally:
         for m, momentum in zip(bns, momenta):
             m.momentum = momentum
         model.train(was_training)
     return len(bns)
+
+
+@contextmanager
+def bn_statistics_kept(model: nn.Module) -> Iterator[None]:
+    """Within the block BatchNorm statistics may change; they are restored when it ends."""
+    saved = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bn_layers(model)]
+    try:
+        yield
+    finally:
+        for m, mean, var, count in saved:
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)

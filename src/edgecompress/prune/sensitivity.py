@@ -22,6 +22,7 @@ import torch_pruning as tp
 from torch import nn
 
 from edgecompress.measure.counts import count_macs
+from edgecompress.nn.bn import bn_statistics_kept, reestimate_bn
 from edgecompress.nn.layers import LAYER_TYPES
 from edgecompress.nn.replay import PrefixReplay
 from edgecompress.prune import align
@@ -102,23 +103,30 @@ def _mask_hooks(group: tp.dependency.Group, dropped: set[int]) -> list:
     return hooks
 
 
-def _relative_error(model: nn.Module, inputs: list[torch.Tensor], replay: PrefixReplay, skip: list[nn.Module]
-                    ) -> float:
+def _relative_error(model: nn.Module, inputs: list[torch.Tensor], replay: PrefixReplay, skip: list[nn.Module],
+                    recalibrate: bool) -> float:
+    """The output error with the current masks, after re-estimating BatchNorm statistics if ``recalibrate``."""
     err = ref = 0.0
-    with torch.no_grad():
+
+    def run(i: int, x: torch.Tensor) -> torch.Tensor:
+        with replay.replaying(skip, i):
+            return model(x)
+
+    with torch.no_grad(), bn_statistics_kept(model):
+        if recalibrate:
+            reestimate_bn(model, inputs, forward=run)
         for i, (x, y) in enumerate(zip(inputs, replay.reference)):
-            with replay.replaying(skip, i):
-                out = model(x)
-            err += float((out - y).pow(2).sum())
+            err += float((run(i, x) - y).pow(2).sum())
             ref += float(y.pow(2).sum())
     return err / max(ref, 1e-12)
 
 
 def measure(model: nn.Module, groups: list[tp.dependency.Group],
             importance: Callable[[tp.dependency.Group], torch.Tensor], inputs: torch.Tensor, example: torch.Tensor,
-            ratios: list[float], multiple: int, batch_size: int = 32,
+            ratios: list[float], multiple: int, batch_size: int = 32, recalibrate: bool = False,
             progress: Callable[[int, int], None] | None = None) -> Allocation:
-    """Sensitivity curves of ``groups`` of ``model`` (channels ranked by ``importance``) at ``ratios``."""
+    """Sensitivity curves of ``groups`` of ``model`` (channels ranked by ``importance``) at ``ratios``, with
+    BatchNorm statistics re-estimated on ``inputs`` for each measurement if ``recalibrate``."""
     names = {m: n for n, m in model.named_modules()}
     macs = layer_macs(model, example)
     model.eval()
@@ -143,7 +151,7 @@ def measure(model: nn.Module, groups: list[tp.dependency.Group],
             last_keep = keep
             hooks = _mask_hooks(group, set(order[:channels - keep]))  # == curve.dropped(removed)
             try:
-                error = _relative_error(model, batches, replay, skip)
+                error = _relative_error(model, batches, replay, skip, recalibrate)
             finally:
                 for h in hooks:
                     h.remove()
@@ -197,13 +205,14 @@ def apply(model: nn.Module, example: torch.Tensor, allocation: Allocation, ratio
 
 def prune_to_macs(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor,
                   importance: Callable[[tp.dependency.Group], torch.Tensor], ignored: list[nn.Module], multiple: int,
-                  target_macs: float, ratios: list[float], batch_size: int = 32,
+                  target_macs: float, ratios: list[float], batch_size: int = 32, recalibrate: bool = False,
                   progress: Callable[[int, int], None] | None = None) -> tuple[nn.Module, Allocation, float]:
     """``model`` pruned (a copy) to at most ``target_macs`` with per-group ratios by sensitivity on ``inputs``;
     the measured curves with each group's chosen ratio; the pruned model's MACs."""
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)))
-    allocation = measure(model, groups, importance, inputs, example, ratios, multiple, batch_size, progress)
+    allocation = measure(model, groups, importance, inputs, example, ratios, multiple, batch_size, recalibrate,
+                         progress)
     seen: dict[tuple, float] = {}
 
     def macs_of(chosen: dict[str, float]) -> float:

@@ -16,6 +16,7 @@ from edgecompress.context import StageContext
 from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs, count_params
+from edgecompress.nn.bn import reestimate_bn
 from edgecompress.nn.layers import LAYER_TYPES, build_graph, resolve_layers, weight_layers
 from edgecompress.calibration import MIN_CALIB_SAMPLES, calibration_samples
 from edgecompress.prune import align, sensitivity
@@ -48,7 +49,12 @@ class StructuredConfig(align.AlignedConfig):
                                "sensitivity: per-layer ratios from the output error each layer's pruning causes on "
                                "unlabeled calibration inputs, the least total error within target_macs_ratio")
     calib_samples: int = Field(64, ge=MIN_CALIB_SAMPLES, le=100_000,
-                               description="unlabeled inputs for criterion activation and scope sensitivity")
+                               description="unlabeled inputs for criterion activation, scope sensitivity and "
+                                           "recalibrate_bn")
+    recalibrate_bn: bool = Field(
+        False, description="re-estimate BatchNorm statistics of the pruned model on the calibration inputs (what "
+                           "recover.bn does); with scope sensitivity each layer's error is measured after that "
+                           "re-estimation too, so the ratios suit the recalibrated model")
     sensitivity_ratios: list[float] = Field(
         [0.125, 0.25, 0.375, 0.5, 0.625, 0.75], min_length=1,
         description="scope sensitivity: the ratios at which each layer's output error is measured (at most "
@@ -63,7 +69,7 @@ class StructuredConfig(align.AlignedConfig):
         description="module names or globs (e.g. 'layer4.*') whose output channels stay; the final "
                     "classifier is always kept")
     taylor_batches: int = Field(4, ge=1, le=1000, description="training batches of gradients per step for taylor")
-    batch_size: int = Field(64, ge=1, le=65536, description="batch size of the taylor gradient batches")
+    batch_size: int = Field(64, ge=1, le=65536, description="batch size of the taylor gradient batches and of calibration forwards")
 
     @model_validator(mode="before")
     @classmethod
@@ -185,7 +191,7 @@ def _by_sensitivity(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
         task = bar.add_task(f"{STAGE} sensitivity", total=None)
         pruned, allocation, macs = sensitivity.prune_to_macs(
             model, example, inputs, importance, [sub for m in ignored for sub in m.modules()], multiple,
-            config.target_macs_ratio * macs0, ratios,
+            config.target_macs_ratio * macs0, ratios, recalibrate=config.recalibrate_bn,
             progress=lambda done, total: bar.update(task, completed=done, total=total))
     ctx.info["sensitivity"] = {
         "samples": len(inputs), "metric": "relative squared output error vs the unpruned model",
@@ -220,7 +226,7 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageConte
     steps = config.iterative_steps or (20 if target is not None else 1)
     multiple = align.resolve(config.round_to, ctx.export.runtime, f"{STAGE}.round_to")
     importance, inputs = _importance(config.criterion), None
-    if config.criterion == "activation" or config.scope == "sensitivity":
+    if config.criterion == "activation" or config.scope == "sensitivity" or config.recalibrate_bn:
         inputs = calibration_samples(ctx, config.calib_samples, STAGE).to(example.device)
     ignored = [modules[n] for n in sorted(skipped)]
     if config.scope == "sensitivity":
@@ -246,6 +252,8 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageConte
             with _explain_failures(model, "running the pruned model"):
                 macs = count_macs(model, example)
     model.zero_grad(set_to_none=True)
+    if config.recalibrate_bn:
+        ctx.info["bn_recalibrated"] = reestimate_bn(model, inputs.split(config.batch_size))
     with _explain_failures(model, "running the pruned model"), torch.no_grad():
         new_shapes = _shapes(model.eval()(example))
     if new_shapes != out_shapes:
