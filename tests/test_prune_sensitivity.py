@@ -68,18 +68,21 @@ def test_masked_error_is_the_error_of_the_physically_pruned_model(net, recalibra
         assert relative_error(pruned, model, x) == pytest.approx(curve.errors[1], rel=tolerance, abs=1e-9)
 
 
-def test_sensitivity_ratios_lose_less_than_uniform_at_the_same_macs(digits_cnn, digits_task):
+@pytest.mark.parametrize("steps", [1, 2])
+def test_sensitivity_ratios_lose_less_than_uniform_at_the_same_macs(steps, digits_cnn, digits_task):
     stage, x = get("prune.structured"), digits_task.test.tensors[0][:256]
     example = digits_task.example_inputs(1)
     errors = {}
     for label, options in {"uniform": {"criterion": "l2"},
-                           "sensitivity": {"criterion": "activation", "scope": "sensitivity"}}.items():
+                           "sensitivity": {"criterion": "activation", "scope": "sensitivity",
+                                           "sensitivity_steps": steps}}.items():
         ctx = StageContext(task=digits_task, progress=False)
         pruned = stage(digits_cnn, stage.config(target_macs_ratio=0.5, round_to=1, **options), ctx)
         assert count_macs(pruned, example) <= 0.5 * count_macs(digits_cnn, example)
         errors[label] = relative_error(pruned, digits_cnn, x)
-    chosen = [layer["chosen"] for layer in ctx.info["sensitivity"]["layers"].values()]
+    chosen = [layer["chosen"] for layer in ctx.info["sensitivity"]["steps"][0]["layers"].values()]
     assert len(set(chosen)) > 1  # per-layer ratios, not one ratio
+    assert len(ctx.info["sensitivity"]["steps"]) == steps
     assert errors["sensitivity"] < 0.7 * errors["uniform"]
 
 

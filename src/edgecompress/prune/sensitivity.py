@@ -104,8 +104,9 @@ def _mask_hooks(group: tp.dependency.Group, dropped: set[int]) -> list:
 
 
 def _relative_error(model: nn.Module, inputs: list[torch.Tensor], replay: PrefixReplay, skip: list[nn.Module],
-                    recalibrate: bool) -> float:
-    """The output error with the current masks, after re-estimating BatchNorm statistics if ``recalibrate``."""
+                    recalibrate: bool, targets: list[torch.Tensor]) -> float:
+    """The output error against ``targets`` with the current masks, after re-estimating BatchNorm statistics if
+    ``recalibrate``."""
     err = ref = 0.0
 
     def run(i: int, x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +116,7 @@ def _relative_error(model: nn.Module, inputs: list[torch.Tensor], replay: Prefix
     with torch.no_grad(), bn_statistics_kept(model):
         if recalibrate:
             reestimate_bn(model, inputs, forward=run)
-        for i, (x, y) in enumerate(zip(inputs, replay.reference)):
+        for i, (x, y) in enumerate(zip(inputs, targets)):
             err += float((run(i, x) - y).pow(2).sum())
             ref += float(y.pow(2).sum())
     return err / max(ref, 1e-12)
@@ -124,14 +125,20 @@ def _relative_error(model: nn.Module, inputs: list[torch.Tensor], replay: Prefix
 def measure(model: nn.Module, groups: list[tp.dependency.Group],
             importance: Callable[[tp.dependency.Group], torch.Tensor], inputs: torch.Tensor, example: torch.Tensor,
             ratios: list[float], multiple: int, batch_size: int = 32, recalibrate: bool = False,
+            targets: list[torch.Tensor] | None = None,
             progress: Callable[[int, int], None] | None = None) -> Allocation:
     """Sensitivity curves of ``groups`` of ``model`` (channels ranked by ``importance``) at ``ratios``, with
-    BatchNorm statistics re-estimated on ``inputs`` for each measurement if ``recalibrate``."""
+    BatchNorm statistics re-estimated on ``inputs`` for each measurement if ``recalibrate``. Errors are against
+    ``model``'s own outputs, or the increase of the error against ``targets`` (per batch of ``batch_size``, e.g.
+    the outputs of the model before an earlier pruning step)."""
     names = {m: n for n, m in model.named_modules()}
     macs = layer_macs(model, example)
     model.eval()
     batches = list(inputs.split(batch_size))
     replay = PrefixReplay(model, batches)  # the unpruned outputs, and the blocks before each group replayed
+    targets = targets or replay.reference
+    baseline = _relative_error(model, batches, replay, [], recalibrate, targets) if targets is not replay.reference \
+        else 0.0
     allocation = Allocation([])
     for done, group in enumerate(groups):
         root = group[0].dep.target.module
@@ -151,7 +158,7 @@ def measure(model: nn.Module, groups: list[tp.dependency.Group],
             last_keep = keep
             hooks = _mask_hooks(group, set(order[:channels - keep]))  # == curve.dropped(removed)
             try:
-                error = _relative_error(model, batches, replay, skip, recalibrate)
+                error = _relative_error(model, batches, replay, skip, recalibrate, targets) - baseline
             finally:
                 for h in hooks:
                     h.remove()
@@ -206,13 +213,15 @@ def apply(model: nn.Module, example: torch.Tensor, allocation: Allocation, ratio
 def prune_to_macs(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor,
                   importance: Callable[[tp.dependency.Group], torch.Tensor], ignored: list[nn.Module], multiple: int,
                   target_macs: float, ratios: list[float], batch_size: int = 32, recalibrate: bool = False,
+                  targets: list[torch.Tensor] | None = None,
                   progress: Callable[[int, int], None] | None = None) -> tuple[nn.Module, Allocation, float]:
-    """``model`` pruned (a copy) to at most ``target_macs`` with per-group ratios by sensitivity on ``inputs``;
-    the measured curves with each group's chosen ratio; the pruned model's MACs."""
+    """``model`` pruned (a copy) to at most ``target_macs`` with per-group ratios by sensitivity on ``inputs``
+    (errors against ``targets``, see :func:`measure`); the measured curves with each group's chosen ratio; the
+    pruned model's MACs."""
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)))
     allocation = measure(model, groups, importance, inputs, example, ratios, multiple, batch_size, recalibrate,
-                         progress)
+                         targets, progress)
     seen: dict[tuple, float] = {}
 
     def macs_of(chosen: dict[str, float]) -> float:

@@ -55,6 +55,9 @@ class StructuredConfig(align.AlignedConfig):
         False, description="re-estimate BatchNorm statistics of the pruned model on the calibration inputs (what "
                            "recover.bn does); with scope sensitivity each layer's error is measured after that "
                            "re-estimation too, so the ratios suit the recalibrated model")
+    sensitivity_steps: int = Field(
+        1, ge=1, le=10, description="scope sensitivity: prune in this many steps towards target_macs_ratio "
+                                    "(geometric), measuring again on the pruned model each time")
     sensitivity_ratios: list[float] = Field(
         [0.125, 0.25, 0.375, 0.5, 0.625, 0.75], min_length=1,
         description="scope sensitivity: the ratios at which each layer's output error is measured (at most "
@@ -184,21 +187,29 @@ def _explain_failures(model: nn.Module, doing: str) -> Iterator[None]:
 def _by_sensitivity(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor, importance, ignored: list[nn.Module],
                     multiple: int, config: StructuredConfig, macs0: float, ctx: StageContext) -> tuple[nn.Module, float]:
     """Per-layer ratios by measured output error (:mod:`edgecompress.prune.sensitivity`); records the curves."""
-    if isinstance(importance, ActivationImportance):
-        importance.moments = input_moments(model, inputs)
     ratios = sorted(r for r in config.sensitivity_ratios if 0 < r <= config.max_layer_ratio)
+    names = {m: n for n, m in model.named_modules()}
+    ignored_names = [names[sub] for m in ignored for sub in m.modules()]
+    with torch.no_grad():
+        dense = [model.eval()(x) for x in inputs.split(config.batch_size)]
+    steps, pruned, macs = [], model, macs0
     with progress(ctx.progress) as bar:  # no _explain_failures: its hooks would be deep-copied with the model
         task = bar.add_task(f"{STAGE} sensitivity", total=None)
-        pruned, allocation, macs = sensitivity.prune_to_macs(
-            model, example, inputs, importance, [sub for m in ignored for sub in m.modules()], multiple,
-            config.target_macs_ratio * macs0, ratios, recalibrate=config.recalibrate_bn,
-            progress=lambda done, total: bar.update(task, completed=done, total=total))
-    ctx.info["sensitivity"] = {
-        "samples": len(inputs), "metric": "relative squared output error vs the unpruned model",
-        "layers": {c.name: {"chosen": round(c.chosen, 4), "ratios": [round(r, 4) for r in c.ratios],
-                            "errors": [float(f"{e:.4g}") for e in c.errors]} for c in allocation.curves},
-        "unmeasured": allocation.unmeasured,
-    }
+        for step in range(1, config.sensitivity_steps + 1):
+            if isinstance(importance, ActivationImportance):
+                importance.moments = input_moments(pruned, inputs)
+            modules = dict(pruned.named_modules())
+            pruned, allocation, macs = sensitivity.prune_to_macs(
+                pruned, example, inputs, importance, [modules[n] for n in ignored_names], multiple,
+                macs0 * config.target_macs_ratio ** (step / config.sensitivity_steps), ratios, config.batch_size,
+                config.recalibrate_bn, dense if step > 1 else None,
+                progress=lambda done, total: bar.update(task, completed=done, total=total))
+            steps.append({
+                "macs_ratio": round(macs / macs0, 4), "unmeasured": allocation.unmeasured,
+                "layers": {c.name: {"chosen": round(c.chosen, 4), "ratios": [round(r, 4) for r in c.ratios],
+                                    "errors": [float(f"{e:.4g}") for e in c.errors]} for c in allocation.curves}})
+    ctx.info["sensitivity"] = {"samples": len(inputs), "steps": steps,
+                               "metric": "relative squared output error vs the unpruned model"}
     return pruned, macs
 
 
