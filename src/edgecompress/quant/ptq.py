@@ -223,6 +223,12 @@ def _ptq_onnx(model: nn.Module, config: PTQConfig, ctx: StageContext, calib: tor
             weight_type=QuantType.QInt8, calibrate_method=methods[config.calibration],
             nodes_to_exclude=nodes_to_exclude, reduce_range=reduce_range, extra_options=extra,
         )
+        if nodes_to_exclude:  # else ONNX Runtime quantizes their weights again, per tensor, when it loads the file
+            from edgecompress.quant.fallback import keep_float
+
+            written = onnx.load(str(tmp))
+            if keep_float(written, nodes_to_exclude):
+                onnx.save(written, str(tmp))
         tmp.replace(out)
 
     quantize(excluded)
@@ -317,6 +323,8 @@ def _entropy_ranges(prep: Path, input_name: str, calib: torch.Tensor) -> dict[st
 
 def qdq_split(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
     """The compute nodes of a QDQ graph that run quantized (fed by DequantizeLinear) and those that stay float."""
+    from edgecompress.quant.fallback import GUARD
+
     dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     consumers: dict[str, list[str]] = {}
     for n in graph.node:
@@ -324,7 +332,7 @@ def qdq_split(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], list[onnx.N
             consumers.setdefault(i, []).append(n.op_type)
     quantized, floating = [], []
     for n in graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.name.endswith(GUARD):
             continue
         ins = [i in dq_outputs for i in n.input[: 2 if n.op_type in WEIGHTED_ONNX_OPS else 1] if i]
         outs = [c == "QuantizeLinear" for o in n.output for c in consumers.get(o, ["<output>"])]
