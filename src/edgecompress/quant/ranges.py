@@ -115,7 +115,7 @@ def qparams(lo: float, hi: float, qmin: int, qmax: int, symmetric: bool) -> tupl
     return float(scale), int(zero)
 
 
-def relative_error(out: np.ndarray, reference: np.ndarray) -> float:
+def per_input_error(out: np.ndarray, reference: np.ndarray) -> float:
     """Mean over samples of each output's squared error relative to its squared norm (every input counts the
     same, however large its outputs)."""
     axes = tuple(range(1, out.ndim))
@@ -136,7 +136,7 @@ def choose(qdq: onnx.ModelProto, options: dict[str, dict[str, tuple[float, int]]
         qdq.graph.initializer[index[z]].CopyFrom(numpy_helper.from_array(np.array(zero, kinds[tensor]), z))
 
     def error() -> float:
-        return relative_error(outputs(qdq, inputs), reference)
+        return per_input_error(outputs(qdq, inputs), reference)
 
     chosen, best = {}, error()
     start = best
