@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,10 +31,11 @@ from torch.utils.data import TensorDataset
 from pretrained_unlabeled import cpu_name
 from ptq_peers import MODELS, ort_defaults, torchao_x86
 
-import edgecompress as ec
 from edgecompress import baseline, zoo
+from edgecompress.context import StageContext
 from edgecompress.data import data_spec, load_task
 from edgecompress.quant.ptq import cpu_has_vnni
+from edgecompress.registry import get
 from edgecompress.runtimes.onnxruntime import export_onnx
 from edgecompress.tasks import torch_predictor
 from edgecompress.tasks.unlabeled import agreement_metrics
@@ -45,8 +47,23 @@ FAST_ADAROUND = {"rounding": "adaround", "adaround_steps": 100}
 
 
 def ours(**options) -> Callable:
+    """``quant.ptq`` with ``options``; returns the artifact and what its report says about the new options."""
     def run(model, task, calib: torch.Tensor, work: Path):
-        return ec.apply("quant.ptq", model, task, workdir=work, calib_samples=len(calib), **options).artifact
+        ctx = StageContext(task=task, workdir=work)
+        stage = get("quant.ptq")
+        artifact = stage(model, stage.config(calib_samples=len(calib), **options), ctx).artifact
+        info = {}
+        if "per_tensor" in ctx.info:
+            report = ctx.info["per_tensor"]
+            info["per_tensor"] = {**{k: v for k, v in report.items() if k != "tensors"},
+                                  "choices": dict(Counter(t["choice"] for t in report["tensors"].values())),
+                                  "tensors": {t: r["choice"] for t, r in report["tensors"].items()}}
+        if "float_fallback" in ctx.info:
+            report = ctx.info["float_fallback"]
+            info["float_fallback"] = {"layers": [v["module"] for v in report["layers"].values()],
+                                      "kept": report["kept"], "output_error": [report["all_int8"]["output_error"],
+                                                                               report["with_fallback"]["output_error"]]}
+        return artifact, info
     return run
 
 
@@ -86,8 +103,7 @@ METHODS: dict[str, Callable] = {
     "quant.ptq adaround + per_tensor + float_fallback 3": ours(calibration="per_tensor", float_fallback=3,
                                                               **FAST_ADAROUND),
     "quant.ptq float_fallback 3": ours(float_fallback=3),
-    "quant.ptq bias_correction + float_fallback 3": ours(bias_correction=True, float_fallback=3),
-    "quant.ptq bias_correction + float_fallback 8": ours(bias_correction=True, float_fallback=8),
+    "quant.ptq float_fallback 8": ours(float_fallback=8),
 }
 
 
@@ -122,14 +138,15 @@ def run_model(name: str, model, task, args, work: Path, result: dict, save: Call
             folder = Path(tempfile.mkdtemp(dir=work))
             start = time.perf_counter()
             try:
-                artifact = fn(model, calib_task, calib, folder)
+                made = fn(model, calib_task, calib, folder)
             except Exception as err:  # noqa: BLE001  (a failing flow is a result, not a crash of the benchmark)
                 rows[label] = {"failed": f"{type(err).__name__}: {str(err)[:200]}"}
                 continue
             seconds = time.perf_counter() - start
+            artifact, info = made if isinstance(made, tuple) else (made, {})
             metrics = agreement_metrics(outputs(artifact.runner(), x), reference)
             rows[label] = {**{k: round(float(v), 4) for k, v in metrics.items()}, "seconds": round(seconds, 1),
-                           "bytes": artifact.size_bytes, "runtime": artifact.runtime}
+                           "bytes": artifact.size_bytes, "runtime": artifact.runtime, **info}
             print(name, n, label, rows[label], flush=True)
             save()
 
@@ -150,6 +167,16 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {label} | {r['runtime']} | {100 * r['agreement_top1']:.2f}% | "
                              f"{100 * r['top5_overlap']:.2f}% | {r['output_cosine']:.4f} | {r['seconds']} | "
                              f"{r['bytes']:,} |")
+            for label, r in rows.items():
+                if "float_fallback" in r:
+                    f = r["float_fallback"]
+                    lines.append(f"\n{label}: float layers {', '.join(f['layers'])} (file kept: {f['kept']}; output "
+                                 f"error {f['output_error'][0]:.4g} -> {f['output_error'][1]:.4g})")
+                if "per_tensor" in r:
+                    p = r["per_tensor"]
+                    lines.append(f"\n{label}: ranges chosen {p['choices']} (output error on {p['search_samples']} "
+                                 f"calibration inputs {p['output_error_minmax']:.4g} -> {p['output_error_chosen']:.4g};"
+                                 " every tensor's choice in the .json)")
             lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -71,3 +71,8 @@ def test_an_excluded_layer_stays_float_when_onnxruntime_optimizes_the_file(digit
     plain, optimized = outputs.values()  # without the guard ORT re-quantized features.4 per tensor: outputs diverged
     assert np.abs(optimized - plain).max() < 1e-3 * np.abs(plain).max()
     assert "/features/features.4/Conv (Conv)" in ctx.info["float_nodes"]
+
+
+def test_fallback_and_bias_correction_do_not_combine(digits_cnn, digits_task):
+    with pytest.raises(ValueError, match="use one of the two"):
+        get("quant.ptq").config(float_fallback=2, bias_correction=True)

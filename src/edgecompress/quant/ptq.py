@@ -107,6 +107,9 @@ class PTQConfig(StageConfig):
         if self.rounding == "adaround" and self.bias_correction:
             raise ValueError("rounding: adaround already fits each layer's output, bias included; "
                              "drop bias_correction (or use rounding: nearest)")
+        if self.float_fallback and self.bias_correction:  # measured: EfficientNet-Lite2 91.8% / 94.5% alone, 84.8%
+            raise ValueError("bias_correction shifts every layer's bias by its INT8 weights' mean error, and the layers "
+                             "float_fallback keeps in float would keep that shift without the error; use one of the two")
         return self
 
 
