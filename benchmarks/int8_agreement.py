@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -192,7 +193,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = RESULTS / f"{args.out}.json"
     result = json.loads(out.read_text()) if out.exists() else {"models": {}}  # rows already measured are kept
-    command = ("python benchmarks/int8_agreement.py " + " ".join(sys.argv[1:])).strip()
+    command = shlex.join(["python", "benchmarks/int8_agreement.py", *sys.argv[1:]])
     result["commands"] = [*result.get("commands", []), command]  # runs add to the same file
     result["machine"] = (f"{cpu_name()}, x86_64, VNNI: {cpu_has_vnni()}; torch 1 thread, ONNX Runtime 1 thread; "
                          "2 cores shared with two other agents' jobs (times are wall seconds under that load)")
