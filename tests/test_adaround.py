@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import edgecompress as ec
-from edgecompress.quant.adaround import round_layer
+from edgecompress.quant.adaround import _layer_out, _window, round_layer
 from edgecompress.quant.equalize import onnxruntime_weight_scales
 
 
@@ -30,6 +30,31 @@ def test_learned_rounding_lowers_the_layer_output_error():
     q = layer.weight.detach().reshape(16, -1) / s.reshape(-1, 1)
     assert torch.allclose(q, q.round(), atol=1e-3) and qmin <= q.min() and q.max() <= qmax  # on the grid
     assert torch.equal(scales(layer.weight)[0], s)  # the quantizer derives the same scales again
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 1, 1), (2, 0, 1), (1, 2, 2)])
+def test_a_window_of_the_output_is_computed_from_the_input_window_under_it(stride, padding, dilation):
+    layer = nn.Conv2d(4, 6, 3, stride, padding, dilation=dilation, groups=2)
+    x = torch.randn(3, 4, 29, 31)
+    with torch.no_grad():
+        y = layer(x)
+        for seed in range(5):
+            xs, ys, padded = _window(layer, x, y, 5, torch.Generator().manual_seed(seed))
+            assert padded and ys.shape[-2:] == (5, 5)
+            assert torch.allclose(_layer_out(layer, xs, layer.weight, padded), ys, atol=1e-5)
+
+
+def test_learned_rounding_on_random_windows_still_lowers_the_layer_output_error():
+    torch.manual_seed(0)
+    layer = nn.Conv2d(8, 16, 3, padding=1)
+    mix = torch.randn(8, 8)
+    x = [torch.einsum("oc,nchw->nohw", mix, F.interpolate(torch.randn(16, 8, 6, 6), size=32, mode="bilinear"))
+         for _ in range(2)]
+    with torch.no_grad():
+        y = [layer(a) for a in x]
+    scales = onnxruntime_weight_scales(per_channel=True, reduce_range=True)
+    report = round_layer(layer, x, y, scales, steps=200, batch=8, gen=torch.Generator().manual_seed(0), window=8)
+    assert report["mse_learned"] < 0.5 * report["mse_nearest"], report
 
 
 def test_ptq_adaround_artifact_runs_in_onnxruntime(digits_task, digits_cnn, tmp_path):

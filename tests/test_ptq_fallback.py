@@ -15,14 +15,21 @@ from edgecompress.registry import get
 from edgecompress.settings import ExportSettings
 
 
-@pytest.mark.slow
-def test_fallback_finds_the_broken_layer_and_reports_its_cost(digits_cnn, digits_task, tmp_path):
-    model = copy.deepcopy(digits_cnn)  # one channel of features.4 100x larger, features.8's inputs 100x smaller:
-    fold_batchnorms(model, build_graph(model, digits_task.example_inputs(2)))  # the same function, but per-tensor
-    with torch.no_grad():  # INT8 weights of features.4 collapse
+def skewed(digits_cnn, digits_task):
+    """One channel of features.4 100x larger, features.8's inputs 100x smaller: the same function, but per-tensor
+    INT8 weights of features.4 collapse."""
+    model = copy.deepcopy(digits_cnn)
+    fold_batchnorms(model, build_graph(model, digits_task.example_inputs(2)))
+    with torch.no_grad():
         model.features[4].weight[0].mul_(100.0)
         model.features[4].bias[0].mul_(100.0)
         model.features[8].weight[:, 0].div_(100.0)
+    return model
+
+
+@pytest.mark.slow
+def test_fallback_finds_the_broken_layer_and_reports_its_cost(digits_cnn, digits_task, tmp_path):
+    model = skewed(digits_cnn, digits_task)
     accuracy = {}
     for fallback in (0, 1):
         ctx = StageContext(task=digits_task, workdir=tmp_path / str(fallback))
@@ -45,3 +52,27 @@ def test_fallback_needs_the_onnxruntime_backend(digits_cnn, digits_task):
     ctx = StageContext(task=digits_task, export=ExportSettings(format="pytorch", runtime="torch"))
     with pytest.raises(EdgeCompressError, match="float_fallback"):
         get("quant.ptq")(digits_cnn, get("quant.ptq").config(float_fallback=2), ctx)
+
+
+def test_an_excluded_layer_stays_float_when_onnxruntime_optimizes_the_file(digits_cnn, digits_task, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    ctx = StageContext(task=digits_task, workdir=tmp_path)
+    config = get("quant.ptq").config(calib_samples=64, exclude=["features.4"])
+    path = str(get("quant.ptq")(skewed(digits_cnn, digits_task), config, ctx).artifact.path)
+    x = digits_task.calibration(64).numpy()
+    outputs = {}
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        run = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        outputs[level] = run.run(None, {run.get_inputs()[0].name: x})[0]
+    plain, optimized = outputs.values()  # without the guard ORT re-quantized features.4 per tensor: outputs diverged
+    assert np.abs(optimized - plain).max() < 1e-3 * np.abs(plain).max()
+    assert "/features/features.4/Conv (Conv)" in ctx.info["float_nodes"]
+
+
+def test_fallback_and_bias_correction_do_not_combine(digits_cnn, digits_task):
+    with pytest.raises(ValueError, match="use one of the two"):
+        get("quant.ptq").config(float_fallback=2, bias_correction=True)

@@ -98,15 +98,17 @@ def validate(path: Path) -> tuple[Artifact, tuple[int, ...]]:
     return art, tuple(d.dim_value for d in first.type.tensor_type.shape.dim[1:])
 
 
-def session(path: str | Path, threads: int) -> onnxruntime.InferenceSession:
-    """A CPU session: ``threads`` intra-op threads, one inter-op thread, sequential execution."""
+def session(path: str | Path | bytes, threads: int) -> onnxruntime.InferenceSession:
+    """A CPU session (of a file, or a serialized model): ``threads`` intra-op threads, one inter-op thread,
+    sequential execution."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts,
+                                providers=["CPUExecutionProvider"])
 
 
 def runner(artifact: Artifact, threads: int) -> Runner:
