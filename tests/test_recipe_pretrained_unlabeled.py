@@ -21,7 +21,7 @@ def test_pretrained_unlabeled_recipe_runs_end_to_end(tmp_path):
     data = yaml.safe_load(packaged.text("pretrained-unlabeled"))
     data["data"].update(input_shape=[3, 64, 64], crops=[32, 8, 32])
     shrink = {"recover.block": {"calib_samples": 32, "steps": 3}, "recover.kd": {"calib_samples": 32, "epochs": 1},
-              "quant.ptq": {"calib_samples": 16, "adaround_steps": 3}}
+              "quant.ptq": {"calib_samples": 16, "float_fallback": 1}}
     for stage in data["stages"]:
         stage.update(shrink.get(stage["method"], {}))
     result = compress(recipe=parse_recipe(data), out=tmp_path / "run", progress=False, report=False)
