@@ -95,7 +95,7 @@ def test_language_model_variants_share_the_stage_names():
 
 
 @pytest.mark.parametrize("bits, group, algorithm", [(4, 32, "gptq"), (8, 0, "rtn")])
-def test_weight_only_projections_sit_on_their_grid_and_stay_close(bits, group, algorithm):
+def test_weight_only_projections_sit_on_their_grid_keep_zeros_and_stay_close(bits, group, algorithm):
     from edgecompress.llm.quantize import gptq_llm
     from edgecompress.quant.weights.quantizer import QuantSpec
 
@@ -105,10 +105,11 @@ def test_weight_only_projections_sit_on_their_grid_and_stay_close(bits, group, a
                       exclude=["model.layers.1.mlp"])
     assert result.floating == [f"model.layers.1.mlp.{r}_proj" for r in ("gate", "up", "down")]
     assert result.nbytes < (0.16 if bits == 4 else 0.27) * result.float_bytes
-    arch = transformer(model)
+    arch, zeros = transformer(model), masks(model_before)
     for name, proj in ((arch.name(0, r), p) for r, p in arch.projections(0).items()):
         rows = proj.weight.data.reshape(-1, group or proj.in_features)
         assert max(len(torch.unique(g)) for g in rows) <= 2 ** bits - 1, name
+        assert not (proj.weight[zeros[name]] != 0).any(), name  # pruned weights stay zero
     untouched = transformer(model_before).projections(1)["down"].weight
     assert torch.equal(arch.projections(1)["down"].weight, untouched)
     held_out = batches(8, seed=3)

@@ -4,8 +4,8 @@ calibration text (the layer-wise driver of :mod:`edgecompress.llm.layerwise`, th
 
 The projections keep float weights equal to their dequantized codes (``(q - zero) * scale``), so the model
 runs in PyTorch or ONNX Runtime as before and its perplexity is that of the quantized model; ``nbytes`` is what
-the packed codes, scales and zero points take. Zeros left by a pruning stage are not kept: GPTQ may round a
-pruned weight's neighbours' errors into it.
+the packed codes, scales and zero points take. Zeros left by a pruning stage stay zero (they get the code of
+zero, and GPTQ spreads the error of that onto the weights not yet quantized), so a pruned model stays pruned.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def gptq_llm(model: nn.Module, batches: list[dict[str, torch.Tensor]], spec: Qua
                 continue
             w = proj.weight.data.cpu()
             with torch_threads(1):  # as SparseGPT's column loop (edgecompress.llm.criteria)
-                q = gptq(w, stats[INPUT_GROUPS[role]].matrix(), spec, damp, act_order)[0] if stats else rtn(w, spec)
+                q = gptq(w, stats[INPUT_GROUPS[role]].matrix(), spec, damp, act_order, keep_zeros=True)[0] \
+                    if stats else rtn(w, spec)
             proj.weight.data.copy_(q.dequantize().to(proj.weight))
             result.nbytes += spec.nbytes(*proj.weight.shape)
             result.float_bytes += proj.weight.numel() * 4
