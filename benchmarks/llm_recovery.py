@@ -61,6 +61,7 @@ def one(kind: str, criterion: str, sparsity: float, args) -> dict:
     per_layer = {i: [sum(v[j] for k, v in result.errors.items() if int(k.split(".")[2]) == i) / 7 for j in (0, 1)]
                  for i in layers}
     row.update(mimic_seconds=round(result.seconds, 1), mimic=ppl(model),
+               cg_residual_max=round(max(result.residuals.values()), 5),
                layer_error={i: [round(b, 4), round(a, 4)] for i, (b, a) in per_layer.items()})
     say(row)
     if args.kd_epochs:

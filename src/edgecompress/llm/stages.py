@@ -65,6 +65,7 @@ def mimic_stage(model: nn.Module, config: MimicConfig, ctx: StageContext) -> nn.
                        config.damping, ctx.device)
     ctx.info.update(mimic_seconds=round(result.seconds, 2), tokens_used=result.tokens, labels_used=0,
                     backprop="none", skipped=result.skipped,
+                    cg_residual_max=round(max(result.residuals.values(), default=0.0), 6),
                     relative_error={k: [round(b, 5), round(a, 5)] for k, (b, a) in result.errors.items()})
     return model
 
