@@ -327,7 +327,7 @@ def test_packaged_language_model_recipes_validate():
     from edgecompress.recipe import load_recipe
 
     mosaic = load_recipe("smollm2-mosaic")
-    assert [s.method for s in mosaic.stages] == ["prune.llm", "prune.composite"]
+    assert [s.method for s in mosaic.stages] == ["prune.llm", "prune.composite", "quant.weight"]
     assert mosaic.model.hf == "smollm2-135m" and mosaic.data.tokenizer == "smollm2-135m"
     assert mosaic.stages[0].config.allocation == "mosaic" and mosaic.stages[0].config.criterion == "sparsegpt"
     minilm = load_recipe("minilm-wanda")

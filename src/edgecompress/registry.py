@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -53,6 +53,7 @@ class Stage:
     produces_artifact: bool = False  # True: the stage yields the deployable artifact and must come last
     task_kinds: tuple[str, ...] = ALL_TASK_KINDS  # the task kinds (Task.kind) the stage can work on
     devices: tuple[str, ...] = CPU_ONLY  # the device types its work can run on (the pipeline places it)
+    by_kind: Mapping[str, Callable[..., Any]] = field(default_factory=dict)  # task kind -> fn of a kind's variant
 
     @property
     def summary(self) -> str:
@@ -61,7 +62,8 @@ class Stage:
         return " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
 
     def __call__(self, model: nn.Module, config: StageConfig, ctx: StageContext) -> nn.Module | StageOutput:
-        return self.fn(model, config, ctx)
+        fn = self.by_kind.get(ctx.task.kind, self.fn) if ctx.task is not None else self.fn
+        return fn(model, config, ctx)
 
     def device_for(self, device: torch.device) -> torch.device:
         """Where the stage runs when the run's device is ``device``: there if the stage registered its type, else
@@ -90,14 +92,27 @@ _loaded = False
 def register(name: str, config: type[StageConfig], *, produces_artifact: bool = False,
              task_kinds: tuple[str, ...] = ALL_TASK_KINDS, devices: tuple[str, ...] = CPU_ONLY):
     """Decorator that registers ``fn(model, config, ctx)`` as the stage ``name`` (for tasks of ``task_kinds``,
-    its work on devices of the types ``devices``: the CPU only unless it says e.g. ``("cpu", "cuda")``)."""
+    its work on devices of the types ``devices``: the CPU only unless it says e.g. ``("cpu", "cuda")``).
+
+    A second registration of a name with the same config, artifact flag and devices but other task kinds adds a
+    variant: the stage runs it on tasks of those kinds and the first registration on the rest (and without a
+    task)."""
 
     def wrap(fn):
-        if name in _STAGES and _STAGES[name].fn is not fn:
-            raise ValueError(f"stage {name!r} is registered twice ({_STAGES[name].fn} and {fn})")
         if "cpu" not in devices:
             raise ValueError(f"stage {name!r}: devices {devices} must include 'cpu' (every stage runs there)")
-        _STAGES[name] = Stage(name, config, fn, produces_artifact, task_kinds, tuple(devices))
+        new = Stage(name, config, fn, produces_artifact, task_kinds, tuple(devices))
+        old = _STAGES.get(name)
+        if old is not None and fn in (old.fn, *old.by_kind.values()):
+            return fn
+        if old is not None:
+            same = (old.config, old.produces_artifact, old.devices) == (config, produces_artifact, tuple(devices))
+            if not same or set(old.task_kinds) & set(task_kinds):
+                raise ValueError(f"stage {name!r} is registered twice ({old.fn} and {fn}); a variant needs the same "
+                                 "config, artifact flag and devices, and other task kinds")
+            new = replace(old, task_kinds=(*old.task_kinds, *task_kinds),
+                          by_kind={**old.by_kind, **dict.fromkeys(task_kinds, fn)})
+        _STAGES[name] = new
         return fn
 
     return wrap

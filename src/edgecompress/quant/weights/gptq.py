@@ -72,11 +72,13 @@ def _inverse_cholesky(h: torch.Tensor, damp: float) -> tuple[torch.Tensor, float
     raise torch.linalg.LinAlgError(f"the layer's Hessian is not positive definite even with damping {damp / 10}")
 
 
-def gptq(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, damp: float = 0.01, act_order: bool = False
-         ) -> tuple[QuantizedWeight, float]:
+def gptq(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, damp: float = 0.01, act_order: bool = False,
+         keep_zeros: bool = False) -> tuple[QuantizedWeight, float]:
     """GPTQ-quantize ``w`` ``[rows, K]`` against the Hessian ``h`` ``[K, K]``. Returns the codes/scales and the
-    damping that was needed."""
+    damping that was needed. ``keep_zeros``: the zero weights of ``w`` get the code of zero and their rounding
+    error (all of the updated weight) is spread like any other (SparseGPT's joint pruning and quantization)."""
     W, H = w.detach().double().clone(), h.double().clone()
+    pruned = W == 0 if keep_zeros else None
     rows, k = W.shape
     g = spec.group(k)
     n_groups = math.ceil(k / g)
@@ -94,6 +96,7 @@ def gptq(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, damp: float = 0.01, 
                 zero[:, j] = z
     perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(k)
     W, H = W[:, perm], H[perm][:, perm]
+    pruned = None if pruned is None else pruned[:, perm]
     Hinv, damp = _inverse_cholesky(H, damp)
     codes = torch.zeros_like(W)
     block = BLOCK if g >= k else g * max(1, BLOCK // g)
@@ -111,6 +114,8 @@ def gptq(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, damp: float = 0.01, 
                     zero[:, j] = z
             z = None if zero is None else zero[:, j]
             q = quantize_codes(W1[:, i], scale[:, j], z, spec)
+            if pruned is not None:
+                q = torch.where(pruned[:, i1 + i], 0 if z is None else z, q)
             codes[:, i1 + i] = q
             deq = (q - (0 if z is None else z)) * scale[:, j]
             e = (W1[:, i] - deq) / Hinv1[i, i]
