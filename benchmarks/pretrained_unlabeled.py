@@ -8,9 +8,13 @@ overlap, output cosine.
 
 INT8 (``--ptq-calib`` images): ONNX Runtime ``quantize_static`` defaults (after ``quant_pre_process``), and
 ``quant.ptq`` with each option; agreement of the INT8 ONNX file in ONNX Runtime. 2x fewer MACs (``--prune-calib``
-images): ``prune.structured`` to half the MACs (L2 importance, uniform; each block's projection conv and the stem
-keep their outputs so the residual stream keeps its width), then each label-free recovery. Latency: ONNX Runtime,
-1 thread, batch 1, median of 30 runs in this process. Times are wall seconds of the stage on this shared machine.
+images): ``prune.structured`` to half the MACs (each block's projection conv and the stem keep their outputs so the
+residual stream keeps its width) four ways: L2 importance with one ratio for every layer (torch-pruning's default),
+activation importance with per-layer ratios by measured sensitivity, the same with the residual widths (projection
+convs, stem) prunable too, and activation importance with one ratio (``--sens-calib`` images for the activations
+and the sensitivity scan). ``none`` and ``recover.bn`` follow each; the other label-free recoveries
+follow the last. Latency: ONNX Runtime, 1 thread, batch 1, median of 30 runs in this process. Times are wall
+seconds of the stage on this shared machine.
 
     python benchmarks/pretrained_unlabeled.py            # the committed run
 """
@@ -45,6 +49,18 @@ from edgecompress.zoo.efficientnet import MEAN, STD
 RESULTS = Path(__file__).parent / "results"
 FINAL = "recover.block, then recover.kd"
 PRUNE = {"target_macs_ratio": 0.5, "ignored_layers": ["_blocks.*._project_conv", "_conv_stem"]}
+CHEAP = ("none", "recover.bn")  # the recoveries run after every pruning; the others only after the last one
+
+
+def prunings(args) -> dict[str, dict]:
+    """label -> prune.structured options on top of PRUNE; the last one gets every recovery."""
+    sens = {"criterion": "activation", "scope": "sensitivity", "calib_samples": args.sens_calib}
+    return {
+        "l2, uniform": {"criterion": "l2"},
+        "activation, sensitivity ratios": sens,
+        "activation, sensitivity ratios, residual widths prunable too": {**sens, "ignored_layers": []},
+        "activation, uniform": {"criterion": "activation", "calib_samples": args.sens_calib},
+    }
 
 
 def ptq_methods(args) -> dict[str, dict | None]:
@@ -124,21 +140,29 @@ def ptq_rows(model, task, args, work: Path) -> dict:
 def prune_rows(model, task, args, work: Path) -> dict:
     x1 = task.example_inputs(1)
     dense_macs = count_macs(model, x1)
-    start = time.perf_counter()
-    pruned = ec.apply("prune.structured", model, task, **PRUNE)
-    prune_s = time.perf_counter() - start
-    rows, models = {}, {}
-    for label, (base, stages) in recoveries(args).items():
-        recovered, start = models[base] if base else pruned, time.perf_counter()
-        for method, options in stages:
-            recovered = ec.apply(method, recovered, task, teacher=model, **options)
-        seconds = time.perf_counter() - start + (rows[base]["seconds"] if base else 0)
-        fp32 = export_onnx(recovered.eval(), x1, Path(tempfile.mkdtemp(dir=work)) / "fp32.onnx")
-        rows[label] = {**rounded(task.evaluate(torch_predictor(recovered))), "seconds": round(seconds, 1),
-                       "macs_ratio": round(count_macs(recovered, x1) / dense_macs, 4),
-                       "latency_ms": round(latency_ms(str(fp32.path), x1.numpy(), threads=1), 3)}
-        print("prune", label, rows[label], flush=True)
-        models[label] = recovered
+    result = {"dense_macs": dense_macs, "prunings": {}}
+    for pruning, options in prunings(args).items():
+        last = pruning == list(prunings(args))[-1]
+        start = time.perf_counter()
+        pruned = ec.apply("prune.structured", model, task, **{**PRUNE, **options})
+        prune_s = time.perf_counter() - start
+        rows, models = {}, {}
+        for label, (base, stages) in recoveries(args).items():
+            if not (label in CHEAP or last and (not args.recoveries or label in args.recoveries)):
+                continue
+            recovered, start = models[base] if base else pruned, time.perf_counter()
+            for method, kwargs in stages:
+                recovered = ec.apply(method, recovered, task, teacher=model, **kwargs)
+            seconds = time.perf_counter() - start + (rows[base]["seconds"] if base else 0)
+            fp32 = export_onnx(recovered.eval(), x1, Path(tempfile.mkdtemp(dir=work)) / "fp32.onnx")
+            rows[label] = {**rounded(task.evaluate(torch_predictor(recovered))), "seconds": round(seconds, 1),
+                           "macs_ratio": round(count_macs(recovered, x1) / dense_macs, 4),
+                           "latency_ms": round(latency_ms(str(fp32.path), x1.numpy(), threads=1), 3)}
+            print("prune", pruning, label, rows[label], flush=True)
+            models[label] = recovered
+        result["prunings"][pruning] = {"options": options, "prune_seconds": round(prune_s, 1), "rows": rows}
+    if FINAL not in models:
+        return result
     ctx = StageContext(task=task, workdir=Path(tempfile.mkdtemp(dir=work)))
     stage = get("quant.ptq")
     start = time.perf_counter()
@@ -147,7 +171,7 @@ def prune_rows(model, task, args, work: Path) -> dict:
     int8 = {**rounded(task.evaluate(artifact.runner())), "seconds": round(time.perf_counter() - start, 1),
             "int8_bytes": artifact.size_bytes, "latency_ms": round(latency_ms(str(artifact.path), x1.numpy(), 1), 3)}
     print("prune + int8", int8, flush=True)
-    return {"prune_seconds": round(prune_s, 1), "dense_macs": dense_macs, "rows": rows, "then_int8": int8}
+    return {**result, "then_int8": int8}
 
 
 def markdown(result: dict) -> str:
@@ -182,14 +206,18 @@ def _ptq_markdown(result: dict) -> list[str]:
 
 def _prune_markdown(result: dict) -> list[str]:
     p = result["prune"]
-    lines = [f"## 2x fewer MACs ({result['args']['prune_calib']} unlabeled images; target: top-1 agreement "
-                  f">= 90%)", "", f"`prune.structured` {PRUNE} took {p['prune_seconds']} s; dense model "
-                                  f"{p['dense_macs'] / 1e6:.1f} M MACs.", "",
-              "| recovery | top-1 agreement | top-5 overlap | output cosine | MACs vs dense | latency ms | time s |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    for label, r in p["rows"].items():
-        lines.append(f"| {label} | {100 * r['agreement_top1']:.2f}% | {100 * r['top5_overlap']:.2f}% | "
-                     f"{r['output_cosine']:.4f} | {r['macs_ratio']:.3f} | {r['latency_ms']} | {r['seconds']} |")
+    lines = [f"## 2x fewer MACs ({result['args']['prune_calib']} unlabeled images for recovery; target: top-1 "
+             f"agreement >= 90%)", "", f"`prune.structured` {PRUNE} plus each row's options; dense model "
+                                       f"{p['dense_macs'] / 1e6:.1f} M MACs.", "",
+             "| pruning | recovery | top-1 agreement | top-5 overlap | output cosine | MACs vs dense | latency ms | "
+             "time s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for pruning, run in p["prunings"].items():
+        lines.append(f"| {pruning} ({run['prune_seconds']} s) | | | | | | | |")
+        for label, r in run["rows"].items():
+            lines.append(f"| | {label} | {100 * r['agreement_top1']:.2f}% | {100 * r['top5_overlap']:.2f}% | "
+                         f"{r['output_cosine']:.4f} | {r['macs_ratio']:.3f} | {r['latency_ms']} | {r['seconds']} |")
+    if "then_int8" not in p:
+        return lines
     r = p["then_int8"]
     lines += ["", f"The block + kd model, then `quant.ptq` with `rounding: adaround` ({result['args']['ptq_calib']} "
                   f"images): top-1 agreement {100 * r['agreement_top1']:.2f}%, top-5 overlap "
@@ -213,6 +241,9 @@ def main() -> None:
     parser.add_argument("--adaround-steps", type=int, default=300)
     parser.add_argument("--block-steps", type=int, default=100)
     parser.add_argument("--kd-epochs", type=int, default=10)
+    parser.add_argument("--sens-calib", type=int, default=32,
+                        help="unlabeled images for the activation criterion and the sensitivity scan")
+    parser.add_argument("--recoveries", nargs="*", default=[], help="run only these recovery rows (their labels)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["ptq", "prune"])
     parser.add_argument("--ptq-only", nargs="*", default=[], help="run only these INT8 rows (their labels)")
     parser.add_argument("--out", default="pretrained_unlabeled")
