@@ -21,7 +21,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgecompress.measure.counts import count_macs
+from edgecompress.measure.counts import count_macs, layer_table
 from edgecompress.nn.bn import bn_statistics_kept, reestimate_bn
 from edgecompress.nn.layers import LAYER_TYPES
 from edgecompress.nn.replay import PrefixReplay
@@ -33,8 +33,7 @@ from edgecompress.prune.importance import consumers
 class GroupCurve:
     """One group's sensitivity: output error and MACs saved at each ratio (ratio 0 first)."""
 
-    root: nn.Module
-    name: str
+    name: str  # the group's root layer
     prune_fn: Callable  # torch-pruning's function that removes the root's channels
     order: list[int]  # root channels, least important first
     ratios: list[float]
@@ -63,23 +62,6 @@ class Allocation:
             if c.ratios[best] > 0:
                 out[c.name] = c.ratios[best]
         return out
-
-
-def layer_macs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, float]:
-    """Multiply-accumulates of every Conv/Linear layer for one ``example`` forward."""
-    macs: dict[nn.Module, float] = {}
-
-    def hook(module, args, output):  # outputs of one sample times MACs per output (weight[0]: one filter/row)
-        macs[module] = float(output[0].numel() * module.weight[0].numel())
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, LAYER_TYPES)]
-    try:
-        with torch.no_grad():
-            model.eval()(example[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-    return macs
 
 
 def _mask_hooks(group: tp.dependency.Group, dropped: set[int]) -> list:
@@ -132,8 +114,7 @@ def measure(model: nn.Module, groups: list[tp.dependency.Group],
     ``model``'s own outputs, or the increase of the error against ``targets`` (per batch of ``batch_size``, e.g.
     the outputs of the model before an earlier pruning step)."""
     names = {m: n for n, m in model.named_modules()}
-    macs = layer_macs(model, example)
-    model.eval()
+    macs = {row["name"]: row["macs"] for row in layer_table(model.eval(), example)}
     batches = list(inputs.split(batch_size))
     replay = PrefixReplay(model, batches)  # the unpruned outputs, and the blocks before each group replayed
     targets = targets or replay.reference
@@ -148,21 +129,20 @@ def measure(model: nn.Module, groups: list[tp.dependency.Group],
         order = torch.argsort(importance(group).float()).tolist()
         channels = len(order)
         layers = {item.dep.layer for item in group if isinstance(item.dep.layer, LAYER_TYPES)}
-        group_macs = sum(macs.get(layer, 0.0) for layer in layers)
-        curve = GroupCurve(root, names[root], group[0].dep.handler, order, [0.0], [0.0], [0.0])
+        group_macs = sum(macs.get(names[layer], 0) for layer in layers)
+        curve = GroupCurve(names[root], group[0].dep.handler, order, [0.0], [0.0], [0.0])
         last_keep, skip = channels, replay.before([layer for layer, _, _ in consumers(group)])
         for ratio in ratios:
             keep = align.aligned_keep(max(1, round(channels * (1 - ratio))), channels, multiple)
             if keep >= last_keep:  # alignment made it the same as a smaller ratio
                 continue
-            last_keep = keep
-            hooks = _mask_hooks(group, set(order[:channels - keep]))  # == curve.dropped(removed)
+            last_keep, removed = keep, 1 - keep / channels
+            hooks = _mask_hooks(group, set(curve.dropped(removed)))
             try:
                 error = _relative_error(model, batches, replay, skip, recalibrate, targets) - baseline
             finally:
                 for h in hooks:
                     h.remove()
-            removed = 1 - keep / channels
             curve.ratios.append(removed)
             curve.errors.append(error)
             curve.saved.append(removed * group_macs)

@@ -190,8 +190,10 @@ def _by_sensitivity(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
     ratios = sorted(r for r in config.sensitivity_ratios if 0 < r <= config.max_layer_ratio)
     names = {m: n for n, m in model.named_modules()}
     ignored_names = [names[sub] for m in ignored for sub in m.modules()]
-    with torch.no_grad():
-        dense = [model.eval()(x) for x in inputs.split(config.batch_size)]
+    dense = None  # the unpruned outputs, which later steps' errors are measured against
+    if config.sensitivity_steps > 1:
+        with torch.no_grad():
+            dense = [model.eval()(x) for x in inputs.split(config.batch_size)]
     steps, pruned, macs = [], model, macs0
     with progress(ctx.progress) as bar:  # no _explain_failures: its hooks would be deep-copied with the model
         task = bar.add_task(f"{STAGE} sensitivity", total=None)
