@@ -24,7 +24,7 @@ import torch
 
 from edgecompress import zoo
 from edgecompress.measure import count_macs
-from edgecompress.search.latency_model import LatencyTable, measure_models, prediction_error
+from edgecompress.measure.latency_model import LatencyTable, measure_models, prediction_error
 from edgecompress.search.nas_space import SearchSpace
 
 RESULTS = Path(__file__).parent / "results"

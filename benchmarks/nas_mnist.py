@@ -29,7 +29,7 @@ from edgecompress.data import data_spec, load_task
 from edgecompress.measure import count_macs, count_params
 from edgecompress.registry import get
 from edgecompress.runtimes.onnxruntime import export_onnx
-from edgecompress.search.latency_model import time_onnx
+from edgecompress.measure.latency_model import time_onnx
 from edgecompress.settings import ExportSettings
 from edgecompress.train import accuracy, train
 

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from edgecompress.context import StageContext
+from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs, count_params
 from edgecompress.nn.bn import reestimate_bn
 from edgecompress.nn.replay import PrefixReplay
@@ -110,3 +111,70 @@ def test_prefix_replay_returns_the_recorded_outputs_even_after_in_place_operatio
             with replay.replaying(replay.before([first_changed]), i), torch.no_grad():
                 assert torch.equal(model(x), replay.reference[i])
     assert "forward" not in vars(model[0])  # the real forward is back
+
+
+@pytest.fixture(scope="module")
+def resnet20_digits(digits_task):
+    from edgecompress import zoo
+
+    torch.manual_seed(0)
+    return zoo.build("resnet20", digits_task.input_shape, digits_task.num_classes).eval()
+
+
+def test_removable_blocks_are_the_residual_blocks_that_keep_their_input_shape(resnet20_digits, digits_task):
+    x = digits_task.calibration(16)
+    blocks = sensitivity.removable_blocks(resnet20_digits, x[:1], [resnet20_digits.fc])
+    names = {m: n for n, m in resnet20_digits.named_modules()}
+    # nine blocks; the first of stages 2 and 3 downsample (another shape), so seven can go
+    assert [names[b] for b in blocks] == [f"layers.{i}" for i in (0, 1, 2, 4, 5, 7, 8)]
+    allocation = sensitivity.measure(resnet20_digits, [], None, x, x[:1], [0.5], multiple=1, batch_size=8,
+                                     blocks=blocks)
+    for curve in allocation.curves:
+        shorter = sensitivity.apply(resnet20_digits, x[:1], allocation, {curve.name: 1.0})
+        assert isinstance(shorter.get_submodule(curve.name), nn.Identity)
+        assert count_macs(shorter, x[:1]) < count_macs(resnet20_digits, x[:1])
+        assert relative_error(shorter, resnet20_digits, x) == pytest.approx(curve.errors[1], rel=1e-3)
+
+
+def test_remove_blocks_reaches_a_mac_target_that_thinning_alone_cannot(resnet20_digits, digits_task):
+    """With at most 1/8 of any layer's channels removable, only whole blocks can take MACs down to 0.6."""
+    stage, example = get("prune.structured"), digits_task.example_inputs(1)
+    ctx = StageContext(task=digits_task, progress=False)
+    config = stage.config(scope="sensitivity", target_macs_ratio=0.6, sensitivity_ratios=[0.125], round_to=1,
+                          calib_samples=16, remove_blocks=True)
+    pruned = stage(resnet20_digits, config, ctx)
+    removed = ctx.info["sensitivity"]["steps"][0]["removed_blocks"]
+    assert removed and all(isinstance(pruned.get_submodule(n), nn.Identity) for n in removed)
+    assert count_macs(pruned, example) <= 0.6 * count_macs(resnet20_digits, example)
+    assert ctx.info["channels"][f"{removed[0]}.conv1"][1] == 0  # reported as gone
+    with pytest.raises(EdgeCompressError, match="MACs reached only"):
+        stage(resnet20_digits, config.model_copy(update={"remove_blocks": False}), ctx)
+
+
+def test_latency_target_needs_the_sensitivity_scope_and_onnx_runtime(resnet20_digits, digits_task):
+    from edgecompress.settings import ExportSettings
+
+    stage = get("prune.structured")
+    with pytest.raises(ValidationError, match="one of ratio, target_macs_ratio or target_latency_ratio"):
+        stage.config(scope="sensitivity", target_latency_ratio=0.5, ratio=0.3)
+    with pytest.raises(ValidationError, match="scope: sensitivity"):
+        stage.config(target_latency_ratio=0.5)
+    with pytest.raises(ValidationError, match="scope: sensitivity"):
+        stage.config(ratio=0.5, remove_blocks=True)
+    ctx = StageContext(task=digits_task, progress=False, export=ExportSettings(format="executorch"))
+    with pytest.raises(EdgeCompressError, match="measured in onnxruntime, not in executorch"):
+        stage(resnet20_digits, stage.config(scope="sensitivity", target_latency_ratio=0.5), ctx)
+
+
+@pytest.mark.slow
+def test_latency_target_is_met_as_measured_side_by_side_in_onnx_runtime(resnet20_digits, digits_task):
+    stage, example = get("prune.structured"), digits_task.example_inputs(1)
+    ctx = StageContext(task=digits_task, progress=False)
+    pruned = stage(resnet20_digits, stage.config(scope="sensitivity", target_latency_ratio=0.8, calib_samples=16,
+                                                 remove_blocks=True), ctx)
+    latency = ctx.info["latency"]
+    assert latency["measured_ratio"] <= 0.8 and 0 < latency["predicted_ratio"] < 1
+    assert latency["units_timed"] > 10 and latency["models_timed"] >= 2
+    assert count_macs(pruned, example) < count_macs(resnet20_digits, example)
+    with torch.no_grad():
+        assert pruned(example).shape == resnet20_digits(example).shape

@@ -10,7 +10,7 @@ from edgecompress import registry, zoo
 from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
 from edgecompress.recipe import parse_recipe
-from edgecompress.search.latency_model import LatencyTable, measure_models, prediction_error, units
+from edgecompress.measure.latency_model import LatencyTable, measure_models, prediction_error, units
 from edgecompress.search.nas import NASConfig, choose, pareto_front
 from edgecompress.search.nas_space import SearchSpace
 from edgecompress.settings import ExportSettings

@@ -6,7 +6,9 @@ output is measured on unlabeled calibration inputs. Masking a group's channels a
 layers that consume them is exactly what removing them does, so no copy is pruned while measuring. Output errors of
 independent groups add (approximately), so the ratios solve ``min sum_g err_g(r_g)`` subject to the MAC budget by a
 Lagrange multiplier: each group picks the ratio minimising ``err_g(r) - lam * macs_saved_g(r)``, and ``lam`` is
-bisected on the MACs of the really pruned model. torch-pruning has no sensitivity analysis, so it is written here
+bisected on the MACs of the really pruned model. With a latency cost (:mod:`edgecompress.prune.latency_cost`)
+``macs_saved`` is replaced by the latency saved in the deployment runtime, and the budget may be a latency.
+torch-pruning has no sensitivity analysis, so it is written here
 (in the spirit of the per-layer sensitivity scans of Han et al. and AMC-style budget allocation).
 """
 
@@ -21,10 +23,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgecompress.measure.counts import count_macs, layer_table
+from edgecompress.measure.counts import layer_table
 from edgecompress.nn.bn import bn_statistics_kept, reestimate_bn
 from edgecompress.nn.layers import LAYER_TYPES
-from edgecompress.nn.replay import PrefixReplay
+from edgecompress.nn.replay import PrefixReplay, outer_blocks
 from edgecompress.prune import align
 from edgecompress.prune.importance import consumers
 
@@ -34,12 +36,13 @@ class GroupCurve:
     """One group's sensitivity: output error and MACs saved at each ratio (ratio 0 first)."""
 
     name: str  # the group's root layer
-    prune_fn: Callable  # torch-pruning's function that removes the root's channels
+    prune_fn: Callable | None  # torch-pruning's function that removes the root's channels (None: a block)
     order: list[int]  # root channels, least important first
     ratios: list[float]
     errors: list[float]
     saved: list[float]  # estimated MACs removed (group layers' MACs times the removed fraction)
     chosen: float = 0.0
+    block: bool = False  # a whole block, not a group's channels: ratio 1 replaces it by the identity
 
     @property
     def channels(self) -> int:
@@ -104,15 +107,39 @@ def _relative_error(model: nn.Module, inputs: list[torch.Tensor], replay: Prefix
     return err / max(ref, 1e-12)
 
 
+def removable_blocks(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module]) -> list[nn.Module]:
+    """Blocks (the outermost children of sequential containers) that can be removed whole: their output has their
+    input's shape (a residual block, whose shortcut is then all that is left), and they hold a Conv/Linear layer and
+    none of ``ignored``."""
+    shapes: dict[nn.Module, bool] = {}
+
+    def same(module, args, output):
+        shapes[module] = bool(args) and isinstance(output, torch.Tensor) and isinstance(args[0], torch.Tensor) \
+            and args[0].shape == output.shape
+
+    blocks = outer_blocks(model)
+    hooks = [b.register_forward_hook(same) for b in blocks]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    banned = {m for layer in ignored for m in layer.modules()}
+    return [b for b in blocks if shapes.get(b) and any(isinstance(m, LAYER_TYPES) for m in b.modules())
+            and not banned & set(b.modules())]
+
+
 def measure(model: nn.Module, groups: list[tp.dependency.Group],
             importance: Callable[[tp.dependency.Group], torch.Tensor], inputs: torch.Tensor, example: torch.Tensor,
             ratios: list[float], multiple: int, batch_size: int = 32, recalibrate: bool = False,
-            targets: list[torch.Tensor] | None = None,
+            targets: list[torch.Tensor] | None = None, blocks: list[nn.Module] = (),
             progress: Callable[[int, int], None] | None = None) -> Allocation:
-    """Sensitivity curves of ``groups`` of ``model`` (channels ranked by ``importance``) at ``ratios``, with
-    BatchNorm statistics re-estimated on ``inputs`` for each measurement if ``recalibrate``. Errors are against
-    ``model``'s own outputs, or the increase of the error against ``targets`` (per batch of ``batch_size``, e.g.
-    the outputs of the model before an earlier pruning step)."""
+    """Sensitivity curves of ``groups`` of ``model`` (channels ranked by ``importance``) at ``ratios``, and of
+    removing each of ``blocks`` whole (replaced by the identity), with BatchNorm statistics re-estimated on
+    ``inputs`` for each measurement if ``recalibrate``. Errors are against ``model``'s own outputs, or the increase
+    of the error against ``targets`` (per batch of ``batch_size``, e.g. the outputs of the model before an earlier
+    pruning step)."""
     names = {m: n for n, m in model.named_modules()}
     macs = {row["name"]: row["macs"] for row in layer_table(model.eval(), example)}
     batches = list(inputs.split(batch_size))
@@ -148,38 +175,49 @@ def measure(model: nn.Module, groups: list[tp.dependency.Group],
             curve.saved.append(removed * group_macs)
         allocation.curves.append(curve)
         if progress:
-            progress(done + 1, len(groups))
+            progress(done + 1, len(groups) + len(blocks))
+    for done, block in enumerate(blocks, start=len(groups) + 1):
+        hook = block.register_forward_hook(lambda module, args, output: args[0])
+        try:
+            error = _relative_error(model, batches, replay, replay.before([block]), recalibrate, targets) - baseline
+        finally:
+            hook.remove()
+        block_macs = sum(macs.get(names[m], 0) for m in block.modules() if isinstance(m, LAYER_TYPES))
+        allocation.curves.append(GroupCurve(names[block], None, [], [0.0, 1.0], [0.0, error], [0.0, block_macs],
+                                            block=True))
+        if progress:
+            progress(done, len(groups) + len(blocks))
     return allocation
 
 
-def solve(allocation: Allocation, pruned_macs: Callable[[dict[str, float]], float], target: float,
+def solve(allocation: Allocation, pruned_cost: Callable[[dict[str, float]], float], target: float,
           iterations: int = 14) -> tuple[dict[str, float], float]:
-    """The ratios (and their real MACs) with the least summed error whose pruned model has ``<= target`` MACs:
-    bisection of the multiplier on ``pruned_macs`` (MACs of the model pruned with those ratios)."""
+    """The ratios (and their real cost) with the least summed error whose pruned model costs ``<= target``:
+    bisection of the multiplier on ``pruned_cost`` (MACs, or latency, of the model pruned with those ratios)."""
     errors = [e for c in allocation.curves for e in c.errors if e > 0]
     saved = [s for c in allocation.curves for s in c.saved if s > 0]
     if not errors or not saved:
-        return {}, pruned_macs({})
+        return {}, pruned_cost({})
     lo = math.log(min(errors) / max(saved)) - 2  # lam so small that nothing is worth removing
     hi = math.log(max(errors) / min(saved)) + 2  # lam so large that every group takes its largest ratio
     best = allocation.ratios(math.exp(hi))
-    best_macs = pruned_macs(best)
-    for _ in range(iterations if best_macs <= target else 0):
+    best_cost = pruned_cost(best)
+    for _ in range(iterations if best_cost <= target else 0):
         mid = (lo + hi) / 2
         ratios = allocation.ratios(math.exp(mid))
-        macs = pruned_macs(ratios)
-        if macs <= target:
-            hi, best, best_macs = mid, ratios, macs
+        cost = pruned_cost(ratios)
+        if cost <= target:
+            hi, best, best_cost = mid, ratios, cost
         else:
             lo = mid
     for curve in allocation.curves:
         curve.chosen = best.get(curve.name, 0.0)
-    return best, best_macs
+    return best, best_cost
 
 
 def apply(model: nn.Module, example: torch.Tensor, allocation: Allocation, ratios: dict[str, float]) -> nn.Module:
-    """A copy of ``model`` with each measured group's least important channels removed at its ratio
-    (``ratios``: group root name -> ratio)."""
+    """A copy of ``model`` with each measured group's least important channels removed at its ratio, and each
+    measured block with ratio 1 replaced by the identity (``ratios``: group root or block name -> ratio)."""
     clone = copy.deepcopy(model)
     modules = dict(clone.named_modules())
     graph = tp.DependencyGraph().build_dependency(clone, example_inputs=example)
@@ -187,28 +225,37 @@ def apply(model: nn.Module, example: torch.Tensor, allocation: Allocation, ratio
         dropped = curve.dropped(ratios.get(curve.name, 0.0))
         if dropped:
             graph.get_pruning_group(modules[curve.name], curve.prune_fn, dropped).prune()
+    for curve in allocation.curves:
+        if curve.block and ratios.get(curve.name):
+            clone.set_submodule(curve.name, nn.Identity())
     return clone
 
 
-def prune_to_macs(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor,
-                  importance: Callable[[tp.dependency.Group], torch.Tensor], ignored: list[nn.Module], multiple: int,
-                  target_macs: float, ratios: list[float], batch_size: int = 32, recalibrate: bool = False,
-                  targets: list[torch.Tensor] | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> tuple[nn.Module, Allocation, float]:
-    """``model`` pruned (a copy) to at most ``target_macs`` with per-group ratios by sensitivity on ``inputs``
-    (errors against ``targets``, see :func:`measure`); the measured curves with each group's chosen ratio; the
-    pruned model's MACs."""
+def prune_to_budget(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor,
+                    importance: Callable[[tp.dependency.Group], torch.Tensor], ignored: list[nn.Module], multiple: int,
+                    cost: Callable[[nn.Module], float], target: float, ratios: list[float], batch_size: int = 32,
+                    recalibrate: bool = False, targets: list[torch.Tensor] | None = None,
+                    rescore: Callable[[nn.Module, Allocation], None] | None = None, blocks: bool = False,
+                    progress: Callable[[int, int], None] | None = None) -> tuple[nn.Module, Allocation, float]:
+    """``model`` pruned (a copy) until its ``cost`` (e.g. MACs) is at most ``target``, with per-group ratios by
+    sensitivity on ``inputs`` (errors against ``targets``, see :func:`measure`), weighing the removal of whole
+    blocks too if ``blocks`` (:func:`removable_blocks`); ``rescore`` may replace the
+    curves' estimated MAC savings by another saving (latency) before the ratios are solved. Returns the pruned
+    model, the measured curves with each group's chosen ratio, and the pruned model's cost."""
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)))
     allocation = measure(model, groups, importance, inputs, example, ratios, multiple, batch_size, recalibrate,
-                         targets, progress)
-    seen: dict[tuple, float] = {}
+                         targets, removable_blocks(model, example, ignored) if blocks else [], progress)
+    if rescore is not None:
+        rescore(model, allocation)
+    seen: dict[tuple, tuple[nn.Module, float]] = {}
 
-    def macs_of(chosen: dict[str, float]) -> float:
+    def cost_of(chosen: dict[str, float]) -> float:
         key = tuple(sorted(chosen.items()))
         if key not in seen:
-            seen[key] = count_macs(apply(model, example, allocation, chosen), example)
-        return seen[key]
+            pruned = apply(model, example, allocation, chosen)
+            seen[key] = pruned, cost(pruned)
+        return seen[key][1]
 
-    best, macs = solve(allocation, macs_of, target_macs)
-    return apply(model, example, allocation, best), allocation, macs
+    best, spent = solve(allocation, cost_of, target)
+    return seen[tuple(sorted(best.items()))][0], allocation, spent

@@ -22,6 +22,7 @@ from edgecompress.calibration import MIN_CALIB_SAMPLES, calibration_samples
 from edgecompress.prune import align, sensitivity
 from edgecompress.prune.align import AlignedPruner
 from edgecompress.prune.importance import ActivationImportance, input_moments
+from edgecompress.prune.latency_cost import LatencyCost
 from edgecompress.prune.analysis import output_layers, ratio_or_macs_target
 from edgecompress.registry import CPU_AND_CUDA, register
 from edgecompress.ui import progress
@@ -39,6 +40,12 @@ class StructuredConfig(align.AlignedConfig):
     target_macs_ratio: float | None = Field(
         None, gt=0.0, lt=1.0,
         description="instead of ratio: prune step by step until MACs <= this fraction of the original")
+    target_latency_ratio: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="instead of ratio (scope sensitivity): prune until the latency predicted for the export runtime "
+                    "(ONNX Runtime, at export.threads and export.batch, from blocks timed alone on this machine) is "
+                    "<= this fraction of the original; each layer is credited with the latency (not the MACs) its "
+                    "pruning saves")
     criterion: Literal["l1", "l2", "taylor", "bn_scale", "activation"] = Field(
         "l2", description="channel importance: l1/l2 weight norm, taylor |w * dL/dw| (uses training batches), "
                           "bn_scale |gamma| of the following BatchNorm (layers without one are left alone), "
@@ -62,6 +69,10 @@ class StructuredConfig(align.AlignedConfig):
         [0.125, 0.25, 0.375, 0.5, 0.625, 0.75], min_length=1,
         description="scope sensitivity: the ratios at which each layer's output error is measured (at most "
                     "max_layer_ratio)")
+    remove_blocks: bool = Field(
+        False, description="scope sensitivity: also weigh removing whole blocks whose output has their input's shape "
+                           "(residual blocks: the shortcut is left) against thinning layers, by the same output "
+                           "error per MAC (or per millisecond with target_latency_ratio)")
     max_layer_ratio: float = Field(0.9, gt=0.0, lt=1.0, description="most any one layer may lose")
     iterative_steps: int | None = Field(
         None, ge=1, le=200,
@@ -77,13 +88,20 @@ class StructuredConfig(align.AlignedConfig):
     @model_validator(mode="before")
     @classmethod
     def _one_target(cls, data):
+        if isinstance(data, dict) and data.get("target_latency_ratio") is not None:
+            if data.get("ratio") is not None or data.get("target_macs_ratio") is not None:
+                raise ValueError("give one of ratio, target_macs_ratio or target_latency_ratio")
+            return data
         return ratio_or_macs_target(data, "ratio")
 
     @model_validator(mode="after")
     def _sensitivity_needs_target(self):
-        if self.scope == "sensitivity" and self.target_macs_ratio is None:
-            raise ValueError("scope 'sensitivity' chooses per-layer ratios for a MAC budget: give target_macs_ratio "
-                             "(e.g. 0.5) instead of ratio")
+        if self.scope != "sensitivity" and (self.target_latency_ratio is not None or self.remove_blocks):
+            raise ValueError("target_latency_ratio and remove_blocks choose what to remove by measured output error "
+                             "(and latency): use scope: sensitivity")
+        if self.scope == "sensitivity" and self.target_macs_ratio is None and self.target_latency_ratio is None:
+            raise ValueError("scope 'sensitivity' chooses per-layer ratios for a budget: give target_macs_ratio "
+                             "(e.g. 0.5) or target_latency_ratio instead of ratio")
         if self.scope == "sensitivity" and self.criterion == "taylor":
             raise ValueError("scope 'sensitivity' ranks channels without labels: use criterion l1, l2, bn_scale or "
                              "activation, not taylor")
@@ -185,34 +203,60 @@ def _explain_failures(model: nn.Module, doing: str) -> Iterator[None]:
 
 
 def _by_sensitivity(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor, importance, ignored: list[nn.Module],
-                    multiple: int, config: StructuredConfig, macs0: float, ctx: StageContext) -> tuple[nn.Module, float]:
-    """Per-layer ratios by measured output error (:mod:`edgecompress.prune.sensitivity`); records the curves."""
+                    multiple: int, config: StructuredConfig, ctx: StageContext) -> nn.Module:
+    """Per-layer ratios by measured output error (:mod:`edgecompress.prune.sensitivity`) within a MAC or latency
+    budget; records the curves (and the predicted latencies)."""
     ratios = sorted(r for r in config.sensitivity_ratios if 0 < r <= config.max_layer_ratio)
+    latency = rescore = None
+    budget = lambda m: count_macs(m, example)  # noqa: E731
+    if config.target_latency_ratio is not None:
+        budget = latency = LatencyCost(model, ctx.export.runtime, ctx.export.threads, ctx.export.batch,
+                                       tuple(example.shape[1:]), f"{STAGE}.target_latency_ratio")
+        rescore = lambda m, allocation: latency.rescore(m, example, allocation)  # noqa: E731
+    total0 = budget(model)
+    fraction = config.target_latency_ratio or config.target_macs_ratio
     names = {m: n for n, m in model.named_modules()}
     ignored_names = [names[sub] for m in ignored for sub in m.modules()]
     dense = None  # the unpruned outputs, which later steps' errors are measured against
     if config.sensitivity_steps > 1:
         with torch.no_grad():
             dense = [model.eval()(x) for x in inputs.split(config.batch_size)]
-    steps, pruned, macs = [], model, macs0
+    steps, pruned = [], model
     with progress(ctx.progress) as bar:  # no _explain_failures: its hooks would be deep-copied with the model
         task = bar.add_task(f"{STAGE} sensitivity", total=None)
         for step in range(1, config.sensitivity_steps + 1):
             if isinstance(importance, ActivationImportance):
                 importance.moments = input_moments(pruned, inputs)
             modules = dict(pruned.named_modules())
-            pruned, allocation, macs = sensitivity.prune_to_macs(
-                pruned, example, inputs, importance, [modules[n] for n in ignored_names], multiple,
-                macs0 * config.target_macs_ratio ** (step / config.sensitivity_steps), ratios, config.batch_size,
-                config.recalibrate_bn, dense if step > 1 else None,
+            pruned, allocation, spent = sensitivity.prune_to_budget(
+                pruned, example, inputs, importance, [modules[n] for n in ignored_names], multiple, budget,
+                total0 * fraction ** (step / config.sensitivity_steps), ratios, config.batch_size,
+                config.recalibrate_bn, dense if step > 1 else None, rescore, config.remove_blocks,
                 progress=lambda done, total: bar.update(task, completed=done, total=total))
             steps.append({
-                "macs_ratio": round(macs / macs0, 4), "unmeasured": allocation.unmeasured,
+                "budget_ratio": round(spent / total0, 4), "unmeasured": allocation.unmeasured,
                 "layers": {c.name: {"chosen": round(c.chosen, 4), "ratios": [round(r, 4) for r in c.ratios],
-                                    "errors": [float(f"{e:.4g}") for e in c.errors]} for c in allocation.curves}})
-    ctx.info["sensitivity"] = {"samples": len(inputs), "steps": steps,
-                               "metric": "relative squared output error vs the unpruned model"}
-    return pruned, macs
+                                    "errors": [float(f"{e:.4g}") for e in c.errors]} for c in allocation.curves
+                           if not c.block},
+                "removed_blocks": [c.name for c in allocation.curves if c.block and c.chosen]})
+    ctx.info["sensitivity"] = {"samples": len(inputs), "steps": steps, "budget": "macs" if latency is None else
+                               "predicted latency", "metric": "relative squared output error vs the unpruned model"}
+    if latency is not None:
+        predicted = latency.table.raw(pruned, latency.input_shape) / latency.table.raw(model, latency.input_shape)
+        measured = spent  # the last step's measurement, which the budget was checked on
+        ctx.info["latency"] = {
+            "measured_ratio": round(measured, 4), "predicted_ratio": round(predicted, 4),
+            "units_timed": latency.table.measured, "models_timed": latency.measured,
+            "how": f"{ctx.export.runtime}, {ctx.export.threads} thread(s), batch {ctx.export.batch}; measured: the "
+                   "pruned and the original model side by side (median run of each burst, median over rounds); "
+                   "predicted: blocks timed alone, summed"}
+        if measured > config.target_latency_ratio:
+            raise EdgeCompressError(
+                f"measured latency reached only {measured:.3f}x of the original, above target_latency_ratio "
+                f"{config.target_latency_ratio}", where=f"{STAGE}.target_latency_ratio",
+                fix=f"raise max_layer_ratio (now {config.max_layer_ratio}) or add larger sensitivity_ratios, or "
+                    "shorten ignored_layers")
+    return pruned
 
 
 @register(STAGE, StructuredConfig, devices=CPU_AND_CUDA)
@@ -243,8 +287,8 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageConte
         inputs = calibration_samples(ctx, config.calib_samples, STAGE).to(example.device)
     ignored = [modules[n] for n in sorted(skipped)]
     if config.scope == "sensitivity":
-        model, macs = _by_sensitivity(model, example, inputs, importance, ignored, multiple, config, macs0, ctx)
-        done = 1
+        model = _by_sensitivity(model, example, inputs, importance, ignored, multiple, config, ctx)
+        macs, done = count_macs(model, example), 1
     else:
         with _explain_failures(model, "building the torch-pruning dependency graph"):
             pruner = AlignedPruner(
@@ -278,10 +322,10 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageConte
     ctx.info.update({
         "criterion": config.criterion, "scope": config.scope, "steps": done, "ignored_layers": sorted(skipped),
         "round_to": multiple,
-        "channels": {n: [before[n], after[n]] for n in before},
+        "channels": {n: [before[n], after.get(n, 0)] for n in before},  # 0: its block was removed
         "params_before": params0, "params_after": count_params(model),
         "macs_before": macs0, "macs_after": macs, "macs_ratio": macs / macs0,
-        "channel_ratio": 1 - sum(after[n] for n in kept) / max(1, sum(before[n] for n in kept)),
+        "channel_ratio": 1 - sum(after.get(n, 0) for n in kept) / max(1, sum(before[n] for n in kept)),
     })
     if target is not None and macs > target * macs0:
         raise EdgeCompressError(

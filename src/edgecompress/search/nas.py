@@ -4,7 +4,7 @@ Optuna's NSGA-II sampler proposes architectures (per stage: depth, width multipl
 each is trained briefly from scratch on the task (``epochs`` x at most ``max_batches`` batches; the same
 architecture proposed twice is scored once) and scored on two objectives: validation accuracy (maximised) and
 latency in ONNX Runtime at the export's thread count and batch 1 (minimised), predicted by the latency table
-(:mod:`edgecompress.search.latency_model`; ``latency: measured`` exports and times every candidate instead). The
+(:mod:`edgecompress.measure.latency_model`; ``latency: measured`` exports and times every candidate instead). The
 non-dominated trials form the Pareto front; every front member and the incoming model are then exported and timed
 together (interleaved rounds), which also reports the table's error on them. The chosen model, the fastest front
 member within ``tolerance`` points of the front's best accuracy (or the most accurate within ``max_latency_ms``),
@@ -33,7 +33,7 @@ from edgecompress.context import StageContext
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs, count_params
 from edgecompress.registry import CPU_AND_CUDA, register
-from edgecompress.search.latency_model import LatencyTable, measure_models, prediction_error
+from edgecompress.measure.latency_model import LatencyTable, measure_models, prediction_error
 from edgecompress.search.nas_space import SearchSpace, load_space
 from edgecompress.train import TrainSettings, accuracy, train
 

@@ -67,18 +67,20 @@ def units(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[nn.Modul
     return [(m, shapes[m]) for m in leaves if m in shapes]
 
 
-def unit_key(module: nn.Module, shape: tuple[int, ...]) -> str:
-    return hashlib.sha1(f"{module!r}|{shape}".encode()).hexdigest()[:16]
+def unit_key(module: nn.Module, shape: tuple[int, ...], batch: int = 1) -> str:
+    tail = f"|batch {batch}" if batch != 1 else ""
+    return hashlib.sha1(f"{module!r}|{shape}{tail}".encode()).hexdigest()[:16]
 
 
 def time_onnx(paths: list[Path], shapes: list[tuple[int, ...]], threads: int, rounds: int = 5,
-              repeats: int = 40, warmup: int = 10, statistic: Callable[[list[float]], float] = min) -> list[float]:
-    """Latency (ms, batch 1) of each ONNX file in ONNX Runtime, timed in interleaved rounds: the median over the
-    rounds of ``statistic`` (min or statistics.median) of each burst."""
+              repeats: int = 40, warmup: int = 10, statistic: Callable[[list[float]], float] = min,
+              batch: int = 1) -> list[float]:
+    """Latency (ms per batch of ``batch``) of each ONNX file in ONNX Runtime, timed in interleaved rounds: the
+    median over the rounds of ``statistic`` (min or statistics.median) of each burst."""
     import time
 
     sessions = [session(p, threads) for p in paths]
-    feeds = [{s.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, *shape), dtype=np.float32)}
+    feeds = [{s.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)}
              for s, shape in zip(sessions, shapes)]
     for s, feed in zip(sessions, feeds):
         for _ in range(warmup):
@@ -104,12 +106,13 @@ def measure_models(models: list[nn.Module], input_shape: tuple[int, ...], thread
 
 
 class LatencyTable:
-    """Measured unit latencies (ms) of one runtime and thread count, and the predictor built on them."""
+    """Measured unit latencies (ms per batch of ``batch``) of one runtime and thread count, and the predictor
+    built on them."""
 
-    def __init__(self, threads: int = 1, runtime: str = "onnxruntime", path: Path | None = None):
+    def __init__(self, threads: int = 1, runtime: str = "onnxruntime", path: Path | None = None, batch: int = 1):
         if runtime not in RUNTIMES:
             raise ValueError(f"no latency table for runtime {runtime!r}: use one of {RUNTIMES}")
-        self.threads, self.runtime, self.path = threads, runtime, path
+        self.threads, self.runtime, self.path, self.batch = threads, runtime, path, batch
         self.entries: dict[str, float] = {}
         self.scale, self.offset = 1.0, 0.0  # measured ~ scale * raw + offset
         if path is not None and path.is_file():
@@ -125,7 +128,7 @@ class LatencyTable:
             todo["overhead"] = (nn.Sequential(nn.Identity(), nn.Identity()), (1,))
         for model in models:
             for module, shape in units(model, input_shape):
-                key = unit_key(module, shape)
+                key = unit_key(module, shape, self.batch)
                 if key not in self.entries:
                     todo.setdefault(key, (module, shape))
         if not todo and not whole:
@@ -134,7 +137,8 @@ class LatencyTable:
             jobs = [*todo.values(), *((m, tuple(input_shape)) for m in whole)]
             paths = [export_onnx(m, torch.zeros(1, *shape), Path(tmp) / f"u{i}.onnx").path
                      for i, (m, shape) in enumerate(jobs)]
-            times = time_onnx(paths, [shape for _, shape in jobs], self.threads, rounds=rounds, repeats=30)
+            times = time_onnx(paths, [shape for _, shape in jobs], self.threads, rounds=rounds, repeats=30,
+                              batch=self.batch)
         self.entries.update(zip(todo, times))
         self.measured += len(todo)
         if todo and self.path is not None:
@@ -145,12 +149,12 @@ class LatencyTable:
     def raw(self, model: nn.Module, input_shape: tuple[int, ...]) -> float:
         """``overhead + sum(unit - overhead)`` (ms), timing the units the table lacks."""
         self.prepare([model], input_shape)
-        keys = [unit_key(m, s) for m, s in units(model, input_shape)]
+        keys = [unit_key(m, s, self.batch) for m, s in units(model, input_shape)]
         base = self.entries["overhead"]
         return base + sum(self.entries[k] - base for k in keys)
 
     def predict(self, model: nn.Module, input_shape: tuple[int, ...]) -> float:
-        """Predicted latency (ms, batch 1): the calibrated :meth:`raw`."""
+        """Predicted latency (ms per batch): the calibrated :meth:`raw`."""
         return self.scale * self.raw(model, input_shape) + self.offset
 
     def fit(self, raw: list[float], measured: list[float]) -> None:
