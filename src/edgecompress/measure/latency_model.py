@@ -120,7 +120,7 @@ class LatencyTable:
         self.measured = 0  # units timed by this object (the rest came from the file)
 
     def prepare(self, models: list[nn.Module], input_shape: tuple[int, ...], whole: list[nn.Module] = (),
-                rounds: int = 7) -> list[float]:
+                rounds: int = 7, repeats: int = 30) -> list[float]:
         """Time every unit of ``models`` that the table lacks (and the overhead) and the networks ``whole`` end to
         end, all in one interleaved call (one machine state for all); returns the networks' latencies (ms)."""
         todo: dict[str, tuple[nn.Module, tuple[int, ...]]] = {}
@@ -137,7 +137,7 @@ class LatencyTable:
             jobs = [*todo.values(), *((m, tuple(input_shape)) for m in whole)]
             paths = [export_onnx(m, torch.zeros(1, *shape), Path(tmp) / f"u{i}.onnx").path
                      for i, (m, shape) in enumerate(jobs)]
-            times = time_onnx(paths, [shape for _, shape in jobs], self.threads, rounds=rounds, repeats=30,
+            times = time_onnx(paths, [shape for _, shape in jobs], self.threads, rounds=rounds, repeats=repeats,
                               batch=self.batch)
         self.entries.update(zip(todo, times))
         self.measured += len(todo)

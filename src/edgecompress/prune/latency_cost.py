@@ -33,16 +33,18 @@ class LatencyCost:
     group from one table of unit latencies (:meth:`rescore`)."""
 
     def __init__(self, reference: nn.Module, runtime: str, threads: int, batch: int, input_shape: tuple[int, ...],
-                 where: str, rounds: int = 5, repeats: int = 20):
+                 where: str, rounds: int = 5, seconds: float = 0.3):
         if runtime not in RUNTIMES:
             raise EdgeCompressError(f"a latency target is measured in {', '.join(RUNTIMES)}, not in {runtime}",
                                     where=where, fix="set export.runtime: onnxruntime for this run, or use "
                                                      "target_macs_ratio")
         self.table = LatencyTable(threads=threads, runtime=runtime, batch=batch)
         self.input_shape, self.threads, self.batch = input_shape, threads, batch
-        self.rounds, self.repeats, self.measured = rounds, repeats, 0
+        self.rounds, self.measured = rounds, 0
         self._dir = tempfile.TemporaryDirectory(prefix="edgecompress-latency-")
         self._reference = self._export(reference)
+        once = time_onnx([self._reference], [input_shape], threads, rounds=1, repeats=3, warmup=1, batch=batch)[0]
+        self.repeats = min(20, max(3, round(seconds * 1e3 / once)))  # runs per burst: ~seconds per burst
 
     def _export(self, model: nn.Module) -> Path:
         path = Path(self._dir.name) / f"m{self.measured}.onnx"
@@ -62,5 +64,5 @@ class LatencyCost:
         base = self.table.raw(model, self.input_shape)
         for curve in allocation.curves:
             variants = [sensitivity.apply(model, example, allocation, {curve.name: r}) for r in curve.ratios[1:]]
-            self.table.prepare(variants, self.input_shape)
+            self.table.prepare(variants, self.input_shape, rounds=3, repeats=self.repeats)
             curve.saved = [0.0, *(base - self.table.raw(v, self.input_shape) for v in variants)]
