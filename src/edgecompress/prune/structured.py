@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -17,10 +15,11 @@ from edgecompress.tasks import Task
 from edgecompress.errors import EdgeCompressError
 from edgecompress.measure.counts import count_macs, count_params
 from edgecompress.nn.bn import reestimate_bn
-from edgecompress.nn.layers import LAYER_TYPES, build_graph, resolve_layers, weight_layers
+from edgecompress.nn.layers import build_graph, resolve_layers, weight_layers
 from edgecompress.calibration import MIN_CALIB_SAMPLES, calibration_samples
 from edgecompress.prune import align, sensitivity
 from edgecompress.prune.align import AlignedPruner
+from edgecompress.prune.explain import explain_failures
 from edgecompress.prune.importance import ActivationImportance, input_moments
 from edgecompress.prune.latency_cost import LatencyCost
 from edgecompress.prune.analysis import output_layers, ratio_or_macs_target
@@ -147,61 +146,6 @@ def _shapes(output: object) -> list[tuple[int, ...]]:
     raise TypeError(f"the model returned a {type(output).__name__}, not tensors")
 
 
-def _suspect_from_traceback(exc: BaseException, names: dict[nn.Module, str]) -> str | None:
-    """The innermost prunable layer of the model referenced by a local variable where ``exc`` was raised."""
-    frames, tb = [], exc.__traceback__
-    while tb is not None:
-        frames.append(tb.tb_frame)
-        tb = tb.tb_next
-    for frame in reversed(frames):
-        for value in frame.f_locals.values():
-            for obj in (value, getattr(value, "module", None), getattr(getattr(value, "target", None), "module", None)):
-                if isinstance(obj, LAYER_TYPES) and obj in names:
-                    return names[obj]
-    return None
-
-
-@contextmanager
-def _explain_failures(model: nn.Module, doing: str) -> Iterator[None]:
-    """Turn an exception from torch-pruning or from the pruned model's forward into an EdgeCompressError
-    that names the module involved and the layer to add to ``ignored_layers``."""
-    names = {m: n for n, m in model.named_modules()}
-    running: list[nn.Module] = []
-    finished: list[str] = []
-
-    def before(module, args):
-        running.append(module)
-
-    def after(module, args, output):
-        running.pop()
-        if isinstance(module, LAYER_TYPES):
-            finished.append(names[module])
-
-    hooks = [h for m in model.modules() for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
-    try:
-        yield
-    except EdgeCompressError:
-        raise
-    except Exception as exc:
-        in_forward = bool(running)  # forward hooks of the modules still running when the error came
-        inside = next((names[m] for m in reversed(running) if names.get(m)), None)
-        # a failing forward is usually caused by the last pruned layer before the failing operation
-        suspect = (finished[-1] if finished else None) if in_forward else _suspect_from_traceback(exc, names)
-        if suspect is None:
-            fix = ("make sure the model's forward returns tensors (a tensor, tuple, list or dict), or add the "
-                   "layer involved to ignored_layers (see `edgecompress inspect`)")
-        else:
-            fix = f"add `ignored_layers: [{suspect}]` to the {STAGE} stage to keep that layer's channels"
-            if in_forward:
-                fix += " (it feeds the failing operation; a forward that hard-codes a size, e.g. view(-1, 512), is "\
-                       "the usual cause)"
-        place = f" inside module {inside!r}" if inside else ""
-        raise EdgeCompressError(f"{doing} failed{place}: {type(exc).__name__}: {exc}", where=STAGE, fix=fix) from exc
-    finally:
-        for h in hooks:
-            h.remove()
-
-
 def _by_sensitivity(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor, importance, ignored: list[nn.Module],
                     multiple: int, config: StructuredConfig, ctx: StageContext) -> nn.Module:
     """Per-layer ratios by measured output error (:mod:`edgecompress.prune.sensitivity`) within a MAC or latency
@@ -222,7 +166,7 @@ def _by_sensitivity(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
         with torch.no_grad():
             dense = [model.eval()(x) for x in inputs.split(config.batch_size)]
     steps, pruned = [], model
-    with progress(ctx.progress) as bar:  # no _explain_failures: its hooks would be deep-copied with the model
+    with progress(ctx.progress) as bar:  # no explain_failures: its hooks would be deep-copied with the model
         task = bar.add_task(f"{STAGE} sensitivity", total=None)
         for step in range(1, config.sensitivity_steps + 1):
             if isinstance(importance, ActivationImportance):
@@ -271,9 +215,9 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageConte
     was_training = model.training
     example = task.example_inputs(1).to(next(model.parameters()).device)
     ignored_names = resolve_layers(model, config.ignored_layers, where=f"{STAGE}.ignored_layers")
-    with _explain_failures(model, "running the model"), torch.no_grad():
+    with explain_failures(model, "running the model", STAGE), torch.no_grad():
         out_shapes = _shapes(model.eval()(example))
-    with _explain_failures(model, "tracing the model"):
+    with explain_failures(model, "tracing the model", STAGE):
         classifiers = output_layers(build_graph(model, example))
     modules = dict(model.named_modules())
     skipped = ignored_names | {n for n, m in modules.items() if m in classifiers}
@@ -290,7 +234,7 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageConte
         model = _by_sensitivity(model, example, inputs, importance, ignored, multiple, config, ctx)
         macs, done = count_macs(model, example), 1
     else:
-        with _explain_failures(model, "building the torch-pruning dependency graph"):
+        with explain_failures(model, "building the torch-pruning dependency graph", STAGE):
             pruner = AlignedPruner(
                 model, example, importance, global_pruning=config.scope == "global",
                 pruning_ratio=config.max_layer_ratio if target is not None else config.ratio,
@@ -303,15 +247,15 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageConte
                 _taylor_gradients(model, task, config.taylor_batches, config.batch_size, ctx.seed + done)
             if isinstance(importance, ActivationImportance):
                 importance.moments = input_moments(model, inputs)
-            with _explain_failures(model, "pruning with torch-pruning"):
+            with explain_failures(model, "pruning with torch-pruning", STAGE):
                 pruner.step()
             done += 1
-            with _explain_failures(model, "running the pruned model"):
+            with explain_failures(model, "running the pruned model", STAGE):
                 macs = count_macs(model, example)
     model.zero_grad(set_to_none=True)
     if config.recalibrate_bn:
         ctx.info["bn_recalibrated"] = reestimate_bn(model, inputs.split(config.batch_size))
-    with _explain_failures(model, "running the pruned model"), torch.no_grad():
+    with explain_failures(model, "running the pruned model", STAGE), torch.no_grad():
         new_shapes = _shapes(model.eval()(example))
     if new_shapes != out_shapes:
         raise EdgeCompressError(f"pruning changed the output shapes from {out_shapes} to {new_shapes}",
