@@ -1,8 +1,8 @@
 """Static INT8 PTQ, ours vs peers, on the same trained model and the same 256 calibration images.
 
 Per model: ours (``quant.ptq`` defaults through ``ec.apply``: ONNX Runtime QDQ, and the torchao backend),
-onnxruntime ``quantize_static`` defaults after ``quant_pre_process``, torchao PT2E with the
-``X86InductorQuantizer`` defaults, NNCF (``nncf.quantize`` on a ``torch.export`` graph) and neural-compressor
+onnxruntime ``quantize_static`` after ``quant_pre_process`` with its defaults and with the settings its
+documentation recommends for x86 (``ort_static``), torchao PT2E with the ``X86InductorQuantizer`` defaults, NNCF (``nncf.quantize`` on a ``torch.export`` graph) and neural-compressor
 (``neural-compressor-pt`` 3.x PT2E static quantization, default config). Each artifact is measured in its own
 runtime: test accuracy, bytes on disk (all files), p50 latency at batch 1, 1 thread (our ``measure.benchmark``,
 a fresh process per artifact). A DFQ ablation of ``quant.ptq`` (per tensor, + cross-layer equalization,
@@ -10,13 +10,13 @@ a fresh process per artifact). A DFQ ablation of ``quant.ptq`` (per tensor, + cr
 (``pip install -e ".[peers]"``).
 
 ``--calib-seeds N`` repeats the cheap flows (ours: defaults, + CLE + BC, ``reduce_range: off`` with and without
-CLE + BC; onnxruntime defaults; torchao X86) on N calibration draws (draw s = ``task.calibration(256, seed=s)``,
+CLE + BC; onnxruntime defaults and x86-recommended; torchao X86) on N calibration draws (draw s = ``task.calibration(256, seed=s)``,
 the same draw for every method), on the same trained model. NNCF and neural-compressor run on draw 0 only. Per
 draw: test accuracy and argmax agreement with the FP32 model; per method mean +- std; ours - best peer paired by
 draw (mean +- standard error).
 
-    python benchmarks/ptq_peers.py --repeats 100 --calib-seeds 5   # the committed run (mnist_cnn on MNIST-5k,
-                                                                   # mobilenet_v2 x0.5 on digits)
+    python benchmarks/ptq_peers.py --repeats 100 --calib-seeds 5   # the committed runs (mnist_cnn on MNIST-5k,
+                                                                   # mobilenet_v2 x0.5 on digits; --out names them)
 """
 
 from __future__ import annotations
@@ -73,15 +73,34 @@ def ours(**cfg) -> Callable:
     return run
 
 
-def ort_defaults(model, task, calib, work: Path, seed: int = 0) -> Artifact:
-    from onnxruntime.quantization import quant_pre_process, quantize_static
+def ort_static(per_channel: bool | None = None, activations: str = "QInt8") -> Callable:
+    """onnxruntime ``quantize_static`` after ``quant_pre_process``; ``per_channel=None``: its defaults untouched.
 
-    fp32 = export_onnx(model, calib[:1], work / "fp32.onnx")
-    quant_pre_process(str(fp32.path), str(work / "prep.onnx"))
-    batches = iter([{"input": b.numpy()} for b in calib.split(32)])
-    reader = type("Reader", (), {"get_next": lambda self: next(batches, None)})()
-    quantize_static(str(work / "prep.onnx"), str(work / "int8.onnx"), reader)
-    return Artifact(work / "int8.onnx", "onnx", "onnxruntime", "int8")
+    Otherwise the settings its documentation recommends for x86 CPUs: QDQ format, S8S8 first (``activations``
+    "QUInt8" gives U8S8, the format of the x86 u8*s8 instructions), MinMax calibration, ``reduce_range`` only
+    with per-channel weights on a CPU without VNNI (7-bit weights against the int16 saturation of vpmaddubsw).
+    """
+    def run(model, task, calib, work: Path, seed: int = 0) -> Artifact:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+        fp32 = export_onnx(model, calib[:1], work / "fp32.onnx")
+        quant_pre_process(str(fp32.path), str(work / "prep.onnx"))
+        batches = iter([{"input": b.numpy()} for b in calib.split(32)])
+        reader = type("Reader", (), {"get_next": lambda self: next(batches, None)})()
+        options = {} if per_channel is None else {
+            "quant_format": QuantFormat.QDQ, "activation_type": QuantType[activations], "weight_type": QuantType.QInt8,
+            "per_channel": per_channel, "reduce_range": per_channel and not cpu_has_vnni(),
+            "calibrate_method": CalibrationMethod.MinMax}
+        quantize_static(str(work / "prep.onnx"), str(work / "int8.onnx"), reader, **options)
+        return Artifact(work / "int8.onnx", "onnx", "onnxruntime", "int8")
+    return run
+
+
+ort_defaults = ort_static()
+ORT_RECOMMENDED = {  # label -> flow, onnxruntime's documented x86 settings (see ort_static)
+    "onnxruntime x86 recommended: S8S8 per-channel": ort_static(per_channel=True),
+    "onnxruntime x86 recommended: U8S8 per-channel": ort_static(per_channel=True, activations="QUInt8"),
+}
 
 
 def torchao_x86(model, task, calib, work: Path, seed: int = 0) -> Artifact:
@@ -121,6 +140,7 @@ METHODS: dict[str, tuple[str, Callable]] = {
     "ours (quant.ptq, onnxruntime)": ("ours", ours()),
     "ours (quant.ptq, torchao backend)": ("ours", ours(export=ExportSettings(format="pytorch", runtime="torch"))),
     "onnxruntime quantize_static defaults": ("peer", ort_defaults),
+    **{label: ("peer", fn) for label, fn in ORT_RECOMMENDED.items()},
     "torchao PT2E X86InductorQuantizer": ("peer", torchao_x86),
     "NNCF 3.4 (torch.export)": ("nncf", nncf_fx),
     "neural-compressor 3.10 (PT2E static)": ("neural-compressor", inc_pt2e),
@@ -142,11 +162,12 @@ STUDY: dict[str, tuple[str, Callable]] = {
     "ours, percentile calibration + CLE + BC": ("ours", ours(calibration="percentile", **CLE_BC)),
     "ours, entropy calibration + CLE + BC": ("ours", ours(calibration="entropy", **CLE_BC)),
     "onnxruntime quantize_static defaults": ("peer", ort_defaults),
+    **{label: ("peer", fn) for label, fn in ORT_RECOMMENDED.items()},
     "torchao PT2E X86InductorQuantizer": ("peer", torchao_x86),
 }
 DRAW0 = {"ours (quant.ptq, onnxruntime)": "ours (quant.ptq defaults)", "per channel + CLE + BC": "ours + CLE + BC",
          "onnxruntime quantize_static defaults": "onnxruntime quantize_static defaults",
-         "torchao PT2E X86InductorQuantizer": "torchao PT2E X86InductorQuantizer"}
+         "torchao PT2E X86InductorQuantizer": "torchao PT2E X86InductorQuantizer", **{k: k for k in ORT_RECOMMENDED}}
 
 
 def timed(fn):
@@ -303,6 +324,11 @@ def markdown(results: dict, tgts: list[dict], command: str, wall: float, cpu: fl
               "larger than FP32 too."),
               ("- The `.pt2` rows run Q/DQ ops unfused in eager PyTorch (milliseconds); their int8 kernels need "
               "`torch.compile` (Inductor), not used here. The ONNX Runtime rows are the deployable speed."),
+              ("- onnxruntime rows: `defaults` = `quantize_static` untouched (QDQ, S8S8, per-tensor, MinMax); "
+               "`x86 recommended` = its documentation's x86 settings: QDQ with S8S8 first (U8S8 as the x86 "
+               "u8*s8 format), per-channel weights (its advice when accuracy drops), MinMax, `reduce_range` only "
+               "on a CPU without VNNI (not on this one if VNNI is 'yes' above). torchao: the default "
+               "X86InductorQuantizer recipe (per-channel int8 weights, u8 activations, histogram observer)."),
               "- Test splits: digits 360 images (1 image = 0.28 points), MNIST-5k 1000 (0.1 points).",
               ("- Per-tensor PTQ does not collapse on these models (trained here, ReLU, moderate folded ranges). The "
               "collapse and its repair by `equalize` are shown in `tests/test_equalize.py` (a function-preserving "
