@@ -131,12 +131,13 @@ def runner(artifact: Artifact, threads: int) -> Runner:
     return run
 
 
-def generate(sess: onnxruntime.InferenceSession, prompt: Sequence[int] | np.ndarray, new_tokens: int
-             ) -> tuple[list[int], np.ndarray]:
+def generate(sess: onnxruntime.InferenceSession, prompt: Sequence[int] | np.ndarray, new_tokens: int,
+             forced: Sequence[int] | None = None) -> tuple[list[int], np.ndarray]:
     """Greedy generation with a decoder exported with its KV cache
     (:func:`edgecompress.llm.export.export_decoder`): the prompt in one call on an empty cache (the prefill),
     then one call per further token, each call's output cache fed back as the next call's input. Returns the
-    ``new_tokens`` tokens and the logits each was chosen from, ``[new_tokens, vocabulary]``."""
+    ``new_tokens`` greedy choices and the logits each was chosen from, ``[new_tokens, vocabulary]``. With
+    ``forced`` (a continuation to score), its tokens are fed instead of the greedy choices."""
     caches = [i for i in sess.get_inputs() if i.name.startswith("input.")]
     if not caches or {"input_ids", "position_ids"} - {i.name for i in sess.get_inputs()}:
         raise EdgeCompressError("the ONNX model has no KV-cache inputs (input_ids, position_ids, input.cache...)",
@@ -151,7 +152,7 @@ def generate(sess: onnxruntime.InferenceSession, prompt: Sequence[int] | np.ndar
         start += ids.shape[1]
         logits.append(out[0][0, -1])
         tokens.append(int(logits[-1].argmax()))
-        ids = np.array([[tokens[-1]]], np.int64)
+        ids = np.array([[tokens[-1] if forced is None else forced[len(tokens) - 1]]], np.int64)
     return tokens, np.stack(logits)
 
 
