@@ -6,7 +6,7 @@ is the median of the per-round ratios with its quartiles), bytes on disk and pea
 ExecuTorch exporter (one graph, a dynamic cache, as for ONNX), recorded as working with its parity and
 per-token latency, or as failing with the error.
 
-    python benchmarks/llm_executorch.py --decoder
+    python benchmarks/llm_executorch.py                    # both; --models encoder: re-measure the encoder only
 """
 
 from __future__ import annotations
@@ -118,22 +118,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--decoder", action="store_true", help="also try SmolLM2 with its KV cache")
+    p.add_argument("--models", nargs="+", choices=["encoder", "decoder"], default=["encoder", "decoder"],
+                   help="which to measure; the other's row is kept from the results file")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "llm_executorch")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="llm-executorch-"))
-    rows = [encoder(work, args)]
-    print(rows[-1], flush=True)
-    if args.decoder:
-        rows.append(decoder(work, args))
-        print(rows[-1], flush=True)
-    setup = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
-             "cpus": os.cpu_count(), "threads": args.threads, "note": "2-core machine shared with other jobs"}
+    old = json.loads(args.out.with_suffix(".json").read_text()) if args.out.with_suffix(".json").exists() else {}
+    rows = old.get("rows", [None, None])
+    for i, (name, measure) in enumerate((("encoder", encoder), ("decoder", decoder))):
+        if name in args.models:
+            rows[i] = measure(work, args)
+            print(rows[i], flush=True)
+    setup = {**old.get("setup", {}), "threads": args.threads, "machine": platform.processor() or platform.machine(),
+             "cpus": os.cpu_count(), "note": "2-core machine shared with other jobs"}
+    setup.setdefault("commands", []).append("python " + " ".join(sys.argv))
     args.out.with_suffix(".json").write_text(json.dumps({"setup": setup, "rows": rows}, indent=1))
     enc = rows[0]
     s = enc["executorch_vs_onnxruntime"]
-    lines = ["# Transformers in ExecuTorch (XNNPACK)", "", f"`{setup['command']}`", "", json.dumps(setup), "",
+    lines = ["# Transformers in ExecuTorch (XNNPACK)", "", *(f"`{c}`" for c in setup["commands"]), "",
+             json.dumps(setup), "",
              "| model | tokens | max diff to PyTorch .pte / .onnx | ms .pte / .onnx | .pte vs .onnx speed (IQR) | "
              "MiB .pte / .onnx | peak MB .pte / .onnx | export s .pte / .onnx |", "|---|---|---|---|---|---|---|---|",
              f"| {enc['model']} | {enc['tokens']} | {enc['executorch_max_abs_diff']:.1e} / {enc['onnx_max_abs_diff']:.1e}"
@@ -142,7 +146,7 @@ def main() -> None:
              f"{enc['executorch_peak_memory_mb']:.0f} / {enc['onnx_peak_memory_mb']:.0f} | "
              f"{enc['executorch_export_s']} / {enc['onnx_export_s']} |", "",
              f"XNNPACK: {enc['pte_details']}"]
-    if args.decoder:
+    if rows[1]:
         lines += ["", "SmolLM2-135M with its KV cache: " + json.dumps({k: v for k, v in rows[1].items()
                                                                       if k != "traceback"})]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -6,8 +6,8 @@ pipeline's artifact).
 
 :func:`export_decoder`: a causal LM *with* its KV cache, for generation, through transformers' own ONNX exporter
 (``transformers.exporters``: its ``DynamicCache`` export, the patches that make the graph lower, and ONNX
-Runtime's CPU fusions into ``GroupQueryAttention``, ``SkipSimplifiedLayerNormalization`` and the rotary
-embedding). One graph serves prefill and decode: ``input_ids`` and ``position_ids`` of any length beside the
+Runtime's CPU fusions: ``GroupQueryAttention`` with the rotary embedding inside, ``SkipSimplifiedLayerNormalization``,
+packed projections). One graph serves prefill and decode: ``input_ids`` and ``position_ids`` of any length beside the
 cache of the tokens before them (length 0 for the prompt), the logits and the grown cache out. One graph rather
 than a prefill and a decode graph stores the weights once (on disk and in memory). Batch 1, no attention mask
 (no padding). :func:`edgecompress.runtimes.onnxruntime.generate` runs it.

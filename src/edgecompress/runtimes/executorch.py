@@ -13,8 +13,12 @@ run batch 1 and batch 32 at the same latency, so nothing is lost by keeping the 
 
 Token inputs (a dict ``input_ids``/``attention_mask``: a transformer, e.g. the all-MiniLM-L6-v2 encoder): traced as
 :class:`edgecompress.llm.export._Tokens` (the encoder's last hidden state or the LM's logits, no KV cache) with
-the batch and the length dynamic, the length up to the model's ``max_position_embeddings``; the runner and the
-benchmark feed both arrays as int64. Pipelines still export token models to ONNX only.
+the length dynamic up to the model's ``max_position_embeddings`` and the batch up to ``export.batch`` (not
+``MIN_MAX_BATCH``: attention's activations grow with batch x length^2, and ExecuTorch plans memory for the
+largest; measured on all-MiniLM-L6-v2, a 64-token sentence peaked at 1651 MB with batch 32 x 512 tokens planned,
+141 MB with batch 1);
+the runner and the benchmark feed both arrays as int64, larger batches in chunks. Pipelines still export token
+models to ONNX only.
 
 Runtime: ``executorch.runtime.Runtime.get().load_program(path).load_method("forward")``, after a check of the
 file identifier (the runtime can abort the process on a file without it); ``validate``, which checks a file given
@@ -81,14 +85,15 @@ def trace(module: torch.nn.Module, example: torch.Tensor, batch: int) -> torch.e
 def trace_tokens(model: torch.nn.Module, example: dict[str, torch.Tensor], batch: int
                  ) -> torch.export.ExportedProgram:
     """``torch.export`` of a transformer on ``input_ids``/``attention_mask``: batch 1..``batch`` (traced at
-    ``batch``, see the module docstring) and length 2..``max_position_embeddings``."""
+    ``batch``, see the module docstring; 1 is a static batch) and length 2..``max_position_embeddings``."""
     import torch
 
     from edgecompress.llm.export import _Tokens
 
     args = tuple(example[k][:1].expand(batch, -1).contiguous() for k in ("input_ids", "attention_mask"))
-    dims = {0: torch.export.Dim("batch", min=1, max=batch),
-            1: torch.export.Dim("length", min=2, max=model.config.max_position_embeddings)}
+    dims = {1: torch.export.Dim("length", min=2, max=model.config.max_position_embeddings)}
+    if batch > 1:
+        dims[0] = torch.export.Dim("batch", min=1, max=batch)
     with torch.no_grad():
         return torch.export.export(_Tokens(model).eval(), args, dynamic_shapes=(dims, dims))
 
@@ -123,10 +128,10 @@ def lower_to_pte(program: torch.export.ExportedProgram, path: Path, precision: s
 def export(model: torch.nn.Module, example_inputs: torch.Tensor, out_dir: Path, settings: ExportSettings,
            name: str) -> Artifact:
     """FP32 ``name.pte``: XNNPACK-delegated ExecuTorch program with a dynamic batch up to ``max_batch`` (token
-    inputs: :func:`trace_tokens`)."""
+    inputs: :func:`trace_tokens`, up to ``settings.batch``)."""
     model = copy.deepcopy(model).eval()
     if isinstance(example_inputs, dict):
-        artifact = lower_to_pte(trace_tokens(model, example_inputs, max_batch(settings)),
+        artifact = lower_to_pte(trace_tokens(model, example_inputs, settings.batch),
                                 Path(out_dir) / f"{name}.pte", "fp32")
         artifact.details["inputs"] = list(example_inputs)
         return artifact
