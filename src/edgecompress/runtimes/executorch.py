@@ -16,9 +16,8 @@ Token inputs (a dict ``input_ids``/``attention_mask``: a transformer, e.g. the a
 the length dynamic up to the model's ``max_position_embeddings`` and the batch up to ``export.batch`` (not
 ``MIN_MAX_BATCH``: attention's activations grow with batch x length^2, and ExecuTorch plans memory for the
 largest; measured on all-MiniLM-L6-v2, a 64-token sentence peaked at 1651 MB with batch 32 x 512 tokens planned,
-141 MB with batch 1);
-the runner and the benchmark feed both arrays as int64, larger batches in chunks. Pipelines still export token
-models to ONNX only.
+141 MB with batch 1); the runner and the benchmark feed both arrays as int64, larger batches in chunks. Pipelines
+still export token models to ONNX only.
 
 Runtime: ``executorch.runtime.Runtime.get().load_program(path).load_method("forward")``, after a check of the
 file identifier (the runtime can abort the process on a file without it); ``validate``, which checks a file given
