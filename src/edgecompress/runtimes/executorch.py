@@ -11,6 +11,14 @@ torch's fake convolution guards ``batch < 16`` inside the XNNPACK channels-last 
 bound silently drops to 15 (any larger input then fails). Measured on mnist_cnn: dynamic and static programs
 run batch 1 and batch 32 at the same latency, so nothing is lost by keeping the batch dynamic.
 
+Token inputs (a dict ``input_ids``/``attention_mask``: a transformer, e.g. the all-MiniLM-L6-v2 encoder): traced as
+:class:`edgecompress.llm.export._Tokens` (the encoder's last hidden state or the LM's logits, no KV cache) with
+the length dynamic up to the model's ``max_position_embeddings`` and the batch up to ``export.batch`` (not
+``MIN_MAX_BATCH``: attention's activations grow with batch x length^2, and ExecuTorch plans memory for the
+largest; measured on all-MiniLM-L6-v2, a 64-token sentence peaked at 1651 MB with batch 32 x 512 tokens planned,
+141 MB with batch 1); the runner and the benchmark feed both arrays as int64, larger batches in chunks. Pipelines
+still export token models to ONNX only.
+
 Runtime: ``executorch.runtime.Runtime.get().load_program(path).load_method("forward")``, after a check of the
 file identifier (the runtime can abort the process on a file without it); ``validate``, which checks a file given
 on the command line, loads it in a child process, so that a damaged program aborts only the child. Threads: the
@@ -73,6 +81,22 @@ def trace(module: torch.nn.Module, example: torch.Tensor, batch: int) -> torch.e
         return torch.export.export(module, (x,), dynamic_shapes=dynamic)
 
 
+def trace_tokens(model: torch.nn.Module, example: dict[str, torch.Tensor], batch: int
+                 ) -> torch.export.ExportedProgram:
+    """``torch.export`` of a transformer on ``input_ids``/``attention_mask``: batch 1..``batch`` (traced at
+    ``batch``, see the module docstring; 1 is a static batch) and length 2..``max_position_embeddings``."""
+    import torch
+
+    from edgecompress.llm.export import _Tokens
+
+    args = tuple(example[k][:1].expand(batch, -1).contiguous() for k in ("input_ids", "attention_mask"))
+    dims = {1: torch.export.Dim("length", min=2, max=model.config.max_position_embeddings)}
+    if batch > 1:
+        dims[0] = torch.export.Dim("batch", min=1, max=batch)
+    with torch.no_grad():
+        return torch.export.export(_Tokens(model).eval(), args, dynamic_shapes=(dims, dims))
+
+
 def lower_to_pte(program: torch.export.ExportedProgram, path: Path, precision: str) -> Artifact:
     """Lower an exported program to XNNPACK, write ``path`` atomically, and return the artifact.
 
@@ -102,9 +126,15 @@ def lower_to_pte(program: torch.export.ExportedProgram, path: Path, precision: s
 
 def export(model: torch.nn.Module, example_inputs: torch.Tensor, out_dir: Path, settings: ExportSettings,
            name: str) -> Artifact:
-    """FP32 ``name.pte``: XNNPACK-delegated ExecuTorch program with a dynamic batch up to ``max_batch``."""
-    program = trace(copy.deepcopy(model).eval(), example_inputs, max_batch(settings))
-    return lower_to_pte(program, Path(out_dir) / f"{name}.pte", "fp32")
+    """FP32 ``name.pte``: XNNPACK-delegated ExecuTorch program with a dynamic batch up to ``max_batch`` (token
+    inputs: :func:`trace_tokens`, up to ``settings.batch``)."""
+    model = copy.deepcopy(model).eval()
+    if isinstance(example_inputs, dict):
+        artifact = lower_to_pte(trace_tokens(model, example_inputs, settings.batch),
+                                Path(out_dir) / f"{name}.pte", "fp32")
+        artifact.details["inputs"] = list(example_inputs)
+        return artifact
+    return lower_to_pte(trace(model, example_inputs, max_batch(settings)), Path(out_dir) / f"{name}.pte", "fp32")
 
 
 def check_pte_header(path: Path) -> None:
@@ -163,23 +193,31 @@ def _start_threadpool() -> None:
 def runner(artifact: Artifact, threads: int) -> Runner:
     """The ``forward`` method; inputs above the program's batch run in chunks. ``threads`` is not applied here
     (see the module docstring): ``bench`` applies it."""
-    import torch
-
     program, method = _load(artifact.path)
     limit = method.metadata.input_tensor_meta(0).sizes()[0]
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         _ = program  # the method needs its program alive
-        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        return np.concatenate([method.execute((chunk.contiguous(),))[0].numpy() for chunk in x.split(limit)])
+        return np.concatenate([method.execute(chunk)[0].numpy() for chunk in _chunks(x, limit)])
 
     return run
+
+
+def _chunks(x: np.ndarray | dict[str, np.ndarray], limit: int) -> list[tuple]:
+    """The method's input tuples for a batch (float32 array, or token ids and mask as int64), ``limit`` rows each."""
+    import torch
+
+    if isinstance(x, dict):
+        ids, mask = (torch.from_numpy(np.ascontiguousarray(x[k], dtype=np.int64)) for k in ("input_ids",
+                                                                                            "attention_mask"))
+        return list(zip(ids.split(limit), mask.split(limit)))
+    return [(chunk.contiguous(),) for chunk in torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).split(limit)]
 
 
 def bench(path: str, threads: int) -> Callable[[], Runner]:
     """The benchmark worker's entry: the XNNPACK thread pool at ``threads``, inputs above the program's batch in
     chunks (ExecuTorch's Python runtime needs torch)."""
-    import torch
+    import torch  # noqa: F401  (imported before the worker's memory baseline)
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime as ExecuTorch
 
@@ -189,9 +227,9 @@ def bench(path: str, threads: int) -> Callable[[], Runner]:
         method = program.load_method("forward")
         limit = method.metadata.input_tensor_meta(0).sizes()[0]
 
-        def run(x: np.ndarray) -> list:
+        def run(x: np.ndarray | dict[str, np.ndarray]) -> list:
             _ = program  # the method needs its program alive
-            return [method.execute((chunk,)) for chunk in torch.from_numpy(x).split(limit)]
+            return [method.execute(chunk) for chunk in _chunks(x, limit)]
 
         return run
 

@@ -4,14 +4,15 @@ Export: the TorchScript exporter (dynamo=False): one self-contained file with a 
 matching PyTorch to ~1e-6 in ONNX Runtime. A model with token inputs (a dict ``input_ids``/``attention_mask``: a
 transformer) goes through :func:`edgecompress.llm.export.export_onnx` instead (the dynamo exporter, batch and
 length dynamic, at least opset 18), and its runner and benchmark feed dicts of int64 arrays. A file given on the command line is checked with ``onnx.checker``
-first. Sessions: ``threads`` intra-op threads, one inter-op thread, sequential execution.
+first. Sessions: ``threads`` intra-op threads, one inter-op thread, sequential execution. :func:`generate` is the
+greedy generation loop of a decoder exported with its KV cache.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,6 +129,31 @@ def runner(artifact: Artifact, threads: int) -> Runner:
         return sess.run(None, {input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     return run
+
+
+def generate(sess: onnxruntime.InferenceSession, prompt: Sequence[int] | np.ndarray, new_tokens: int,
+             forced: Sequence[int] | None = None) -> tuple[list[int], np.ndarray]:
+    """Greedy generation with a decoder exported with its KV cache
+    (:func:`edgecompress.llm.export.export_decoder`): the prompt in one call on an empty cache (the prefill),
+    then one call per further token, each call's output cache fed back as the next call's input. Returns the
+    ``new_tokens`` greedy choices and the logits each was chosen from, ``[new_tokens, vocabulary]``. With
+    ``forced`` (a continuation to score), its tokens are fed instead of the greedy choices."""
+    caches = [i for i in sess.get_inputs() if i.name.startswith("input.")]
+    if not caches or {"input_ids", "position_ids"} - {i.name for i in sess.get_inputs()}:
+        raise EdgeCompressError("the ONNX model has no KV-cache inputs (input_ids, position_ids, input.cache...)",
+                                where="generate", fix="export the decoder with edgecompress.llm.export."
+                                                      "export_decoder")
+    outputs = [o.name for o in sess.get_outputs()]
+    feed = {i.name: np.zeros([d if isinstance(d, int) else 0 for d in i.shape], np.float32) for i in caches}
+    ids, start, tokens, logits = np.asarray(prompt, np.int64).reshape(1, -1), 0, [], []
+    for _ in range(new_tokens):
+        out = sess.run(outputs, {**feed, "input_ids": ids, "position_ids": np.arange(start, start + ids.shape[1])[None]})
+        feed = {"input." + name.removeprefix("output."): value for name, value in zip(outputs[1:], out[1:])}
+        start += ids.shape[1]
+        logits.append(out[0][0, -1])
+        tokens.append(int(logits[-1].argmax()))
+        ids = np.array([[tokens[-1] if forced is None else forced[len(tokens) - 1]]], np.int64)
+    return tokens, np.stack(logits)
 
 
 def bench(path: str, threads: int) -> Callable[[], Runner]:
