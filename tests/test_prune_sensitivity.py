@@ -136,8 +136,12 @@ def test_removable_blocks_are_the_residual_blocks_that_keep_their_input_shape(re
         assert relative_error(shorter, resnet20_digits, x) == pytest.approx(curve.errors[1], rel=1e-3)
 
 
-def test_remove_blocks_reaches_a_mac_target_that_thinning_alone_cannot(resnet20_digits, digits_task):
-    """With at most 1/8 of any layer's channels removable, only whole blocks can take MACs down to 0.6."""
+def test_remove_blocks_reaches_a_mac_target_that_thinning_alone_cannot(resnet20_digits, digits_task, tmp_path):
+    """With at most 1/8 of any layer's channels removable, only whole blocks can take MACs down to 0.6; a
+    checkpoint of the shorter model reloads (a resumed run rebuilds it)."""
+    from edgecompress import zoo
+    from edgecompress.checkpoint import load_model, save_model
+
     stage, example = get("prune.structured"), digits_task.example_inputs(1)
     ctx = StageContext(task=digits_task, progress=False)
     config = stage.config(scope="sensitivity", target_macs_ratio=0.6, sensitivity_ratios=[0.125], round_to=1,
@@ -147,6 +151,11 @@ def test_remove_blocks_reaches_a_mac_target_that_thinning_alone_cannot(resnet20_
     assert removed and all(isinstance(pruned.get_submodule(n), nn.Identity) for n in removed)
     assert count_macs(pruned, example) <= 0.6 * count_macs(resnet20_digits, example)
     assert ctx.info["channels"][f"{removed[0]}.conv1"][1] == 0  # reported as gone
+    save_model(pruned, tmp_path)
+    back = load_model(tmp_path, lambda arch: zoo.build("resnet20", digits_task.input_shape, digits_task.num_classes))
+    x = digits_task.calibration(8)
+    with torch.no_grad():
+        assert torch.allclose(back.eval()(x), pruned.eval()(x), atol=1e-6)
     with pytest.raises(EdgeCompressError, match="MACs reached only"):
         stage(resnet20_digits, config.model_copy(update={"remove_blocks": False}), ctx)
 

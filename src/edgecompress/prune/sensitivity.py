@@ -26,9 +26,19 @@ from torch import nn
 from edgecompress.measure.counts import layer_table
 from edgecompress.nn.bn import bn_statistics_kept, reestimate_bn
 from edgecompress.nn.layers import LAYER_TYPES
+from edgecompress.nn.rebuild import rebuildable
 from edgecompress.nn.replay import PrefixReplay, outer_blocks
 from edgecompress.prune import align
 from edgecompress.prune.importance import consumers
+
+
+@rebuildable
+class RemovedBlock(nn.Identity):
+    """A block that pruning removed: its input passes through, as its residual shortcut carried it. A checkpoint
+    records it by name (:mod:`edgecompress.nn.rebuild`), so a resumed run rebuilds the shorter model."""
+
+    def spec(self) -> dict:
+        return {}
 
 
 @dataclass
@@ -42,7 +52,7 @@ class GroupCurve:
     errors: list[float]
     saved: list[float]  # estimated MACs removed (group layers' MACs times the removed fraction)
     chosen: float = 0.0
-    block: bool = False  # a whole block, not a group's channels: ratio 1 replaces it by the identity
+    block: bool = False  # a whole block, not a group's channels: ratio 1 replaces it by a RemovedBlock
 
     @property
     def channels(self) -> int:
@@ -227,7 +237,7 @@ def apply(model: nn.Module, example: torch.Tensor, allocation: Allocation, ratio
             graph.get_pruning_group(modules[curve.name], curve.prune_fn, dropped).prune()
     for curve in allocation.curves:
         if curve.block and ratios.get(curve.name):
-            clone.set_submodule(curve.name, nn.Identity())
+            clone.set_submodule(curve.name, RemovedBlock())
     return clone
 
 
