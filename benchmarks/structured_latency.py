@@ -107,14 +107,14 @@ def _cell(name: str, ratio: float, out: Path, rounds: int, repeats: int, aware: 
     macs0 = variants["dense"][1]
     rows = []
     for batch in BATCHES:
-        cell = dict(variants)
+        cell, extra = dict(variants), {}
         if aware:
             built, error = _latency_aware(name, ratio, batch, variants["ours (round_to auto)"][1] / macs0, out)
             if built is None:
                 rows.append({"model": name, "ratio": ratio, "batch": batch, "variant": LATENCY_AWARE, "error": error})
             else:
                 cell[LATENCY_AWARE] = built[:2]
-                rows_extra = {"stage_latency": built[2], "removed_blocks": built[3]}
+                extra = {"stage_latency": built[2], "removed_blocks": built[3]}
         names, arts = list(cell), [a for a, _ in cell.values()]
         ms = interleaved(arts, MODELS[name][0], threads=2, batch=batch, rounds=rounds, repeats=repeats, warmup=5)
         peer = ms[names.index("torch-pruning round_to=8")]
@@ -124,7 +124,7 @@ def _cell(name: str, ratio: float, out: Path, rounds: int, repeats: int, aware: 
                          round(macs0 / macs, 3), "speedup": s, "efficiency": round(s["median"] * macs / macs0, 3),
                          "vs_peer": speedup(peer, times), "ms": round(sorted(times)[len(times) // 2], 3),
                          "dense_ms": round(sorted(ms[0])[len(ms[0]) // 2], 3),
-                         **(rows_extra if v == LATENCY_AWARE else {})})
+                         **(extra if v == LATENCY_AWARE else {})})
     return rows
 
 

@@ -152,12 +152,12 @@ def _by_sensitivity(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
     budget; records the curves (and the predicted latencies)."""
     ratios = sorted(r for r in config.sensitivity_ratios if 0 < r <= config.max_layer_ratio)
     latency = rescore = None
-    budget = lambda m: count_macs(m, example)  # noqa: E731
+    macs0 = count_macs(model, example)
+    budget = lambda m: count_macs(m, example) / macs0  # noqa: E731  (both budgets: a ratio to the unpruned model)
     if config.target_latency_ratio is not None:
         budget = latency = LatencyCost(model, ctx.export.runtime, ctx.export.threads, ctx.export.batch,
                                        tuple(example.shape[1:]), f"{STAGE}.target_latency_ratio")
         rescore = lambda m, allocation: latency.rescore(m, example, allocation)  # noqa: E731
-    total0 = budget(model)
     fraction = config.target_latency_ratio or config.target_macs_ratio
     names = {m: n for n, m in model.named_modules()}
     ignored_names = [names[sub] for m in ignored for sub in m.modules()]
@@ -174,17 +174,17 @@ def _by_sensitivity(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
             modules = dict(pruned.named_modules())
             pruned, allocation, spent = sensitivity.prune_to_budget(
                 pruned, example, inputs, importance, [modules[n] for n in ignored_names], multiple, budget,
-                total0 * fraction ** (step / config.sensitivity_steps), ratios, config.batch_size,
+                fraction ** (step / config.sensitivity_steps), ratios, config.batch_size,
                 config.recalibrate_bn, dense if step > 1 else None, rescore, config.remove_blocks,
                 progress=lambda done, total: bar.update(task, completed=done, total=total))
             steps.append({
-                "budget_ratio": round(spent / total0, 4), "unmeasured": allocation.unmeasured,
+                "budget_ratio": round(spent, 4), "unmeasured": allocation.unmeasured,
                 "layers": {c.name: {"chosen": round(c.chosen, 4), "ratios": [round(r, 4) for r in c.ratios],
                                     "errors": [float(f"{e:.4g}") for e in c.errors]} for c in allocation.curves
                            if not c.block},
                 "removed_blocks": [c.name for c in allocation.curves if c.block and c.chosen]})
     ctx.info["sensitivity"] = {"samples": len(inputs), "steps": steps, "budget": "macs" if latency is None else
-                               "predicted latency", "metric": "relative squared output error vs the unpruned model"}
+                               "measured latency", "metric": "relative squared output error vs the unpruned model"}
     if latency is not None:
         predicted = latency.table.raw(pruned, latency.input_shape) / latency.table.raw(model, latency.input_shape)
         measured = spent  # the last step's measurement, which the budget was checked on
