@@ -12,7 +12,8 @@ one ONNX Runtime process (2 threads), at batch 1 and batch 16:
   the latency that ours' MAC reduction promises (target = ours' MAC ratio), pruned separately for each batch size
   (the latency it measures is the export's batch), 8 calibration images, ratios up to 7/8 per layer.
 Efficiency = measured speed-up over dense / MAC reduction (1.0: latency falls exactly as MACs do). A speed-up is
-the median of the per-round ratios; the table also gives its interquartile range.
+the median of the per-round ratios (each round: a burst of runs of each model, about 0.1 s of the dense model and at
+least 3 runs, its median run); the table also gives its interquartile range.
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def _latency_aware(name: str, ratio: float, batch: int, target: float, out: Path
             ctx.info["latency"], removed), None
 
 
-def _cell(name: str, ratio: float, out: Path, rounds: int, repeats: int, aware: bool) -> list[dict]:
+def _cell(name: str, ratio: float, out: Path, rounds: int, seconds: float, aware: bool) -> list[dict]:
+    import statistics
+
     from edgecompress.measure.latency import interleaved, speedup
 
     variants = _variants(name, ratio, out)
@@ -116,7 +119,10 @@ def _cell(name: str, ratio: float, out: Path, rounds: int, repeats: int, aware: 
                 cell[LATENCY_AWARE] = built[:2]
                 extra = {"stage_latency": built[2], "removed_blocks": built[3]}
         names, arts = list(cell), [a for a, _ in cell.values()]
-        ms = interleaved(arts, MODELS[name][0], threads=2, batch=batch, rounds=rounds, repeats=repeats, warmup=5)
+        once = interleaved(arts[:1], MODELS[name][0], threads=2, batch=batch, rounds=1, repeats=3, warmup=2)[0]
+        burst = max(3, round(seconds * 1e3 / statistics.median(once)))
+        ms = interleaved(arts, MODELS[name][0], threads=2, batch=batch, rounds=rounds, repeats=rounds * burst,
+                         warmup=5)
         peer = ms[names.index("torch-pruning round_to=8")]
         for v, times in zip(names[1:], ms[1:]):
             s, macs = speedup(ms[0], times), cell[v][1]
@@ -145,7 +151,7 @@ def _table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--repeats", type=int, default=90, help="timed runs per model (split over the rounds)")
+    parser.add_argument("--seconds", type=float, default=0.1, help="length of a burst (dense model's runs)")
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--no-latency-aware", action="store_true", help="skip the latency-aware variant")
     parser.add_argument("--out", default="structured_latency", help="results file name (benchmarks/results/OUT.md)")
@@ -154,7 +160,7 @@ def main() -> None:
 
     out = Path(tempfile.mkdtemp(prefix="ec-structured-latency-"))
     rows = [r for name in args.models for ratio in RATIOS
-            for r in _cell(name, ratio, out, args.rounds, args.repeats, not args.no_latency_aware)]
+            for r in _cell(name, ratio, out, args.rounds, args.seconds, not args.no_latency_aware)]
     verdicts = []
     for variant in ("ours (round_to auto)", LATENCY_AWARE):
         ours = [r for r in rows if r["variant"] == variant and "error" not in r]
@@ -166,7 +172,7 @@ def main() -> None:
                             f"(or no measurable difference) in {beat} of {cells}.")
     load = os.getloadavg()[0]
     command = COMMAND + (" --no-latency-aware" if args.no_latency_aware else "") + \
-        (f" --rounds {args.rounds}" if args.rounds != 9 else "") + (f" --repeats {args.repeats}" if args.repeats != 90 else "") + \
+        (f" --rounds {args.rounds}" if args.rounds != 9 else "") + (f" --seconds {args.seconds}" if args.seconds != 0.1 else "") + \
         (f" --models {' '.join(args.models)}" if args.models != list(MODELS) else "") + \
         (f" --out {args.out}" if args.out != "structured_latency" else "")
     doc = {"command": command, "cpu": platform.processor() or platform.machine(), "float_lanes": cpu_float_lanes(),

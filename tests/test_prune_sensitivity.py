@@ -187,3 +187,30 @@ def test_latency_target_is_met_as_measured_side_by_side_in_onnx_runtime(resnet20
     assert count_macs(pruned, example) < count_macs(resnet20_digits, example)
     with torch.no_grad():
         assert pruned(example).shape == resnet20_digits(example).shape
+
+
+def test_refine_gives_back_pruning_the_budget_does_not_need():
+    # a group and a block whose savings add up exactly (the cost is 1 - saved): the multiplier's solutions jump
+    # from 0.875 (the group's first step) to 0.375 (that step and the block), far under a 0.75 budget
+    curves = [sensitivity.GroupCurve("a", None, [], [0.0, 0.5, 1.0], [0.0, 0.01, 0.2], [0.0, 0.125, 0.25]),
+              sensitivity.GroupCurve("block", None, [], [0.0, 1.0], [0.0, 0.05], [0.0, 0.5], block=True)]
+    allocation = sensitivity.Allocation(curves)
+
+    def cost(ratios: dict[str, float]) -> float:
+        return 1 - sum(c.saved[c.ratios.index(ratios.get(c.name, 0.0))] for c in curves)
+
+    chosen, spent = sensitivity.solve(allocation, cost, 0.75)
+    assert (chosen, spent) == ({"a": 0.5, "block": 1.0}, 0.375)
+    refined, refined_cost = sensitivity.refine(allocation, chosen, spent, cost, 0.75)
+    assert (refined, refined_cost) == ({"block": 1.0}, 0.5)  # the least error within the budget
+    error = lambda ratios: sum(c.errors[c.ratios.index(ratios.get(c.name, 0.0))] for c in curves)  # noqa: E731
+    assert error(refined) < error(chosen)
+    assert {c.name: c.chosen for c in curves if c.chosen} == refined
+    assert sensitivity.refine(allocation, chosen, spent, cost, 0.75, tries=0) == (chosen, spent)
+
+
+def test_latency_table_times_large_unit_sets_in_memory_bounded_calls():
+    from edgecompress.measure.latency_model import _chunks
+
+    assert _chunks([3, 3, 3, 9, 1], limit=6) == [[0, 1], [2], [3], [4]]
+    assert _chunks([], limit=6) == []

@@ -17,13 +17,16 @@ interleaved rounds (one burst of ``repeats`` runs per model per round), the medi
 burst's fastest run (``statistic=min``, the table's and the search's choice: on a shared machine the fastest of a
 burst is the run least disturbed by other processes, so it is the statistic that stays put from one call to the
 next) or of each burst's median. :meth:`LatencyTable.prepare` times the units of many networks in one call, so
-the whole table shares one machine state.
+the whole table shares one machine state, up to a memory bound (:data:`CALL_BYTES`): every session of a call holds
+its own buffers, and at batch 16 and 224x224 tens of sessions took gigabytes, so larger sets are timed in several
+calls.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -37,6 +40,7 @@ from edgecompress import atomic
 from edgecompress.runtimes.onnxruntime import export_onnx, session
 
 RUNTIMES = ("onnxruntime",)
+CALL_BYTES = 1 << 30  # estimated session memory (weights and activations) of one time_onnx call
 
 
 def units(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[nn.Module, tuple[int, ...]]]:
@@ -120,7 +124,7 @@ class LatencyTable:
         self.measured = 0  # units timed by this object (the rest came from the file)
 
     def prepare(self, models: list[nn.Module], input_shape: tuple[int, ...], whole: list[nn.Module] = (),
-                rounds: int = 7, repeats: int = 30) -> list[float]:
+                rounds: int = 7, repeats: int = 30, warmup: int = 10) -> list[float]:
         """Time every unit of ``models`` that the table lacks (and the overhead) and the networks ``whole`` end to
         end, all in one interleaved call (one machine state for all); returns the networks' latencies (ms)."""
         todo: dict[str, tuple[nn.Module, tuple[int, ...]]] = {}
@@ -137,14 +141,21 @@ class LatencyTable:
             jobs = [*todo.values(), *((m, tuple(input_shape)) for m in whole)]
             paths = [export_onnx(m, torch.zeros(1, *shape), Path(tmp) / f"u{i}.onnx").path
                      for i, (m, shape) in enumerate(jobs)]
-            times = time_onnx(paths, [shape for _, shape in jobs], self.threads, rounds=rounds, repeats=repeats,
-                              batch=self.batch)
+            times = []
+            for chunk in _chunks([self._bytes(m, shape) for m, shape in jobs]):
+                times += time_onnx([paths[i] for i in chunk], [jobs[i][1] for i in chunk], self.threads,
+                                   rounds=rounds, repeats=repeats, warmup=warmup, batch=self.batch)
         self.entries.update(zip(todo, times))
         self.measured += len(todo)
         if todo and self.path is not None:
             atomic.write_text(self.path, json.dumps({"runtime": self.runtime, "threads": self.threads,
                                                      "entries": self.entries}))
         return times[len(todo):]
+
+    def _bytes(self, module: nn.Module, shape: tuple[int, ...]) -> int:
+        """A session's estimated memory: its weights and eight activations of its input's size (an inverted
+        residual expands its input six times)."""
+        return 4 * (sum(p.numel() for p in module.parameters()) + 8 * self.batch * math.prod(shape))
 
     def raw(self, model: nn.Module, input_shape: tuple[int, ...]) -> float:
         """``overhead + sum(unit - overhead)`` (ms), timing the units the table lacks."""
@@ -165,6 +176,19 @@ class LatencyTable:
             self.scale, self.offset = (float(v) for v in np.polyfit(x, y, 1))
         elif len(x):
             self.scale, self.offset = float((x * y).sum() / (x * x).sum()), 0.0
+
+
+def _chunks(sizes: list[int], limit: int = CALL_BYTES) -> list[list[int]]:
+    """Consecutive indices of ``sizes`` grouped so that each group's sum stays within ``limit`` (one item at least)."""
+    chunks: list[list[int]] = []
+    total = 0
+    for i, size in enumerate(sizes):
+        if not chunks or total + size > limit:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(i)
+        total += size
+    return chunks
 
 
 def prediction_error(predicted: list[float], measured: list[float], tolerance: float = 0.10) -> dict[str, float]:

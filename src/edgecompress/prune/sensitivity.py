@@ -6,7 +6,8 @@ output is measured on unlabeled calibration inputs. Masking a group's channels a
 layers that consume them is exactly what removing them does, so no copy is pruned while measuring. Output errors of
 independent groups add (approximately), so the ratios solve ``min sum_g err_g(r_g)`` subject to the MAC budget by a
 Lagrange multiplier: each group picks the ratio minimising ``err_g(r) - lam * macs_saved_g(r)``, and ``lam`` is
-bisected on the MACs of the really pruned model. With a latency cost (:mod:`edgecompress.prune.latency_cost`)
+bisected on the MACs of the really pruned model; single groups are then stepped back while the budget still holds
+(:func:`refine`), since the multiplier's solutions are too sparse to land near the budget. With a latency cost (:mod:`edgecompress.prune.latency_cost`)
 ``macs_saved`` is replaced by the latency saved in the deployment runtime, and the budget may be a latency.
 torch-pruning has no sensitivity analysis, so it is written here
 (in the spirit of the per-layer sensitivity scans of Han et al. and AMC-style budget allocation).
@@ -225,6 +226,47 @@ def solve(allocation: Allocation, pruned_cost: Callable[[dict[str, float]], floa
     return best, best_cost
 
 
+def refine(allocation: Allocation, chosen: dict[str, float], cost: float,
+           pruned_cost: Callable[[dict[str, float]], float], target: float, tries: int = 6
+           ) -> tuple[dict[str, float], float]:
+    """Give back pruning that the budget does not need. The multiplier's solutions are sparse (a curve moves in
+    coarse steps, a block is one step), so the bisection's choice can cost well under ``target``. Single groups are
+    stepped back to their next smaller ratio, the steps that cut the error most per unit of saving lost first,
+    while the cost predicted from the curves' savings (scaled to the cost measured so far) stays within
+    ``target``; each step is kept only if the real cost confirms it (at most ``tries`` costs measured)."""
+    index = {c.name: c.ratios.index(chosen[c.name]) for c in allocation.curves if c.name in chosen}
+    curves = {c.name: c for c in allocation.curves}
+    total = sum(curves[n].saved[i] for n, i in index.items())
+    if total <= 0 or cost >= 1.0:
+        return chosen, cost
+    per_saved = (1.0 - cost) / total  # cost that one unit of predicted saving is worth here
+
+    def step(name: str) -> tuple[float, float]:  # (error removed, saving lost) by stepping ``name`` back
+        c, i = curves[name], index[name]
+        return c.errors[i] - c.errors[i - 1], c.saved[i] - c.saved[i - 1]
+
+    while tries > 0:
+        options = [n for n in index if index[n] > 0 and step(n)[0] > 0
+                   and cost + max(step(n)[1], 0.0) * per_saved <= target]
+        if not options:
+            break
+        name = max(options, key=lambda n: step(n)[0] / max(step(n)[1], 1e-12))
+        trial = dict(chosen)
+        index[name] -= 1
+        trial[name] = curves[name].ratios[index[name]]
+        if not trial[name]:
+            del trial[name]
+        tries -= 1
+        measured = pruned_cost(trial)
+        if measured <= target:
+            chosen, cost = trial, measured
+        else:
+            index[name] = -1  # this step does not fit: never try this group again
+    for curve in allocation.curves:
+        curve.chosen = chosen.get(curve.name, 0.0)
+    return chosen, cost
+
+
 def apply(model: nn.Module, example: torch.Tensor, allocation: Allocation, ratios: dict[str, float]) -> nn.Module:
     """A copy of ``model`` with each measured group's least important channels removed at its ratio, and each
     measured block with ratio 1 replaced by the identity (``ratios``: group root or block name -> ratio)."""
@@ -267,5 +309,5 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
             seen[key] = pruned, cost(pruned)
         return seen[key][1]
 
-    best, spent = solve(allocation, cost_of, target)
+    best, spent = refine(allocation, *solve(allocation, cost_of, target), cost_of, target)
     return seen[tuple(sorted(best.items()))][0], allocation, spent

@@ -192,8 +192,8 @@ def _by_sensitivity(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
             "measured_ratio": round(measured, 4), "predicted_ratio": round(predicted, 4),
             "units_timed": latency.table.measured, "models_timed": latency.measured,
             "how": f"{ctx.export.runtime}, {ctx.export.threads} thread(s), batch {ctx.export.batch}; measured: the "
-                   "pruned and the original model side by side (median run of each burst, median over rounds); "
-                   "predicted: blocks timed alone, summed"}
+                   "pruned and the original model side by side in a worker process (median run of each burst, "
+                   "median over rounds of the ratio); predicted: blocks timed alone, summed"}
         if measured > config.target_latency_ratio:
             raise EdgeCompressError(
                 f"measured latency reached only {measured:.3f}x of the original, above target_latency_ratio "
