@@ -210,7 +210,10 @@ def test_refine_gives_back_pruning_the_budget_does_not_need():
 
 
 def test_latency_table_times_large_unit_sets_in_memory_bounded_calls():
-    from edgecompress.measure.latency_model import _chunks
+    from edgecompress.measure.latency_model import LatencyTable, _chunks
 
     assert _chunks([3, 3, 3, 9, 1], limit=6) == [[0, 1], [2], [3], [4]]
     assert _chunks([], limit=6) == []
+    # a session's memory: weights plus every tensor of a forward, at the table's batch size
+    conv, table = nn.Conv2d(3, 8, 3, padding=1), LatencyTable(batch=4)
+    assert table._bytes(conv, (3, 5, 5)) == 4 * (3 * 8 * 9 + 8 + 4 * (3 + 8) * 25)

@@ -40,7 +40,7 @@ from edgecompress import atomic
 from edgecompress.runtimes.onnxruntime import export_onnx, session
 
 RUNTIMES = ("onnxruntime",)
-CALL_BYTES = 1 << 30  # estimated session memory (weights and activations) of one time_onnx call
+CALL_BYTES = 2 << 30  # estimated session memory (weights and activations) of one time_onnx call
 
 
 def units(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[nn.Module, tuple[int, ...]]]:
@@ -153,9 +153,18 @@ class LatencyTable:
         return times[len(todo):]
 
     def _bytes(self, module: nn.Module, shape: tuple[int, ...]) -> int:
-        """A session's estimated memory: its weights and eight activations of its input's size (an inverted
-        residual expands its input six times)."""
-        return 4 * (sum(p.numel() for p in module.parameters()) + 8 * self.batch * math.prod(shape))
+        """A session's estimated memory: its weights and every intermediate tensor of one forward at the batch
+        size (ONNX Runtime plans buffers for them all), float32."""
+        sizes = [math.prod(shape)]
+        hooks = [m.register_forward_hook(lambda _m, _a, out: sizes.append(out.numel()) if isinstance(
+            out, torch.Tensor) else None) for m in module.modules()]
+        try:
+            with torch.no_grad():
+                module.eval()(torch.zeros(1, *shape))
+        finally:
+            for h in hooks:
+                h.remove()
+        return 4 * (sum(p.numel() for p in module.parameters()) + self.batch * sum(sizes))
 
     def raw(self, model: nn.Module, input_shape: tuple[int, ...]) -> float:
         """``overhead + sum(unit - overhead)`` (ms), timing the units the table lacks."""
