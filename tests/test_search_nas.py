@@ -108,7 +108,7 @@ def test_latency_table_ranks_unseen_networks():
     assert len(units(models[0], shape)) == 6  # block, pool, block, avg-pool, flatten, classifier
     table = LatencyTable(threads=1)
     predicted = [table.raw(m, shape) for m in models]
-    measured = measure_models(models, shape, threads=1, rounds=3, repeats=20)
+    measured = measure_models(models, shape, threads=1, rounds=3, repeats=200)  # long bursts: steadier under load
     error = prediction_error(predicted, measured, tolerance=0.5)
     assert error["spearman"] >= 0.8, (predicted, measured)
     assert error["within"] >= 0.6, (predicted, measured)
