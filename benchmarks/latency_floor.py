@@ -24,7 +24,7 @@ from edgecompress import zoo
 from edgecompress.context import StageContext
 from edgecompress.data import data_spec, load_task
 from edgecompress.measure.counts import count_macs
-from edgecompress.measure.latency import interleaved
+from edgecompress.measure.latency import burst_runs, interleaved
 from edgecompress.registry import get
 from edgecompress.runtimes import export
 from edgecompress.settings import ExportSettings
@@ -44,8 +44,7 @@ def main() -> None:
         arts = [export(m, example, out / f"{name}-{i}", ExportSettings()) for i, m in enumerate((dense, thin))]
         macs = count_macs(thin, example) / count_macs(dense, example)
         for batch in (1, 16):
-            once = statistics.median(interleaved(arts[:1], shape, threads=2, batch=batch, rounds=1, repeats=3)[0])
-            burst = max(3, round(100 / once))
+            burst = burst_runs(arts[0], shape, threads=2, batch=batch)
             d, t = interleaved(arts, shape, threads=2, batch=batch, rounds=9, repeats=9 * burst, warmup=5)
             ratios = sorted(b / a for a, b in zip(d, t))
             floor = statistics.median(ratios)

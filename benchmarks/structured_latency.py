@@ -102,9 +102,7 @@ def _latency_aware(name: str, ratio: float, batch: int, target: float, out: Path
 
 
 def _cell(name: str, ratio: float, out: Path, rounds: int, seconds: float, aware: bool) -> list[dict]:
-    import statistics
-
-    from edgecompress.measure.latency import interleaved, speedup
+    from edgecompress.measure.latency import burst_runs, interleaved, speedup
 
     variants = _variants(name, ratio, out)
     macs0 = variants["dense"][1]
@@ -119,8 +117,7 @@ def _cell(name: str, ratio: float, out: Path, rounds: int, seconds: float, aware
                 cell[LATENCY_AWARE] = built[:2]
                 extra = {"stage_latency": built[2], "removed_blocks": built[3]}
         names, arts = list(cell), [a for a, _ in cell.values()]
-        once = interleaved(arts[:1], MODELS[name][0], threads=2, batch=batch, rounds=1, repeats=3, warmup=2)[0]
-        burst = max(3, round(seconds * 1e3 / statistics.median(once)))
+        burst = burst_runs(arts[0], MODELS[name][0], threads=2, batch=batch, seconds=seconds)
         ms = interleaved(arts, MODELS[name][0], threads=2, batch=batch, rounds=rounds, repeats=rounds * burst,
                          warmup=5)
         peer = ms[names.index("torch-pruning round_to=8")]

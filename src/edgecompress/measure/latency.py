@@ -78,6 +78,17 @@ def interleaved(artifacts: Sequence[Artifact], input_shape: Sequence[int], *, th
     return [list(column) for column in zip(*by_round)]
 
 
+def burst_runs(artifact: Artifact, input_shape: Sequence[int], *, threads: int = 1, batch: int = 1,
+               seconds: float = 0.1, most: int | None = None) -> int:
+    """Runs per burst for :func:`interleaved` so that a burst of ``artifact`` lasts about ``seconds`` (at least 3,
+    at most ``most``), from three runs timed in the worker. Bursts of a fixed count are milliseconds long for a
+    small model at batch 1, and their medians then scatter by tens of percent."""
+    once = statistics.median(interleaved([artifact], input_shape, threads=threads, batch=batch, rounds=1, repeats=3,
+                                         warmup=2)[0])
+    runs = max(3, round(seconds * 1e3 / once))
+    return runs if most is None else min(most, runs)
+
+
 def speedup(reference_ms: Sequence[float], ms: Sequence[float]) -> dict[str, float | int | bool]:
     """How much faster ``ms`` is than ``reference_ms`` (per-round latencies of :func:`interleaved`): the median of
     the per-round ratios, their quartiles ``q1``/``q3``, the number of rounds, and ``measurable``: False when the

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from edgecompress import atomic
+from edgecompress.nn.capture import forward_with_hooks
 from edgecompress.runtimes.onnxruntime import export_onnx, session
 
 RUNTIMES = ("onnxruntime",)
@@ -62,12 +63,7 @@ def units(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[nn.Modul
         shapes.setdefault(module, tuple(args[0].shape[1:]))
 
     hooks = [m.register_forward_pre_hook(record) for m in leaves]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_shape))
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model.eval(), torch.zeros(1, *input_shape), hooks)
     return [(m, shapes[m]) for m in leaves if m in shapes]
 
 
@@ -156,14 +152,9 @@ class LatencyTable:
         """A session's estimated memory: its weights and every intermediate tensor of one forward at the batch
         size (ONNX Runtime plans buffers for them all), float32."""
         sizes = [math.prod(shape)]
-        hooks = [m.register_forward_hook(lambda _m, _a, out: sizes.append(out.numel()) if isinstance(
-            out, torch.Tensor) else None) for m in module.modules()]
-        try:
-            with torch.no_grad():
-                module.eval()(torch.zeros(1, *shape))
-        finally:
-            for h in hooks:
-                h.remove()
+        forward_with_hooks(module.eval(), torch.zeros(1, *shape), [m.register_forward_hook(
+            lambda _m, _a, out: sizes.append(out.numel()) if isinstance(out, torch.Tensor) else None)
+            for m in module.modules()])
         return 4 * (sum(p.numel() for p in module.parameters()) + self.batch * sum(sizes))
 
     def raw(self, model: nn.Module, input_shape: tuple[int, ...]) -> float:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.measure.latency import interleaved
+from edgecompress.measure.latency import burst_runs, interleaved
 from edgecompress.measure.latency_model import RUNTIMES, LatencyTable
 from edgecompress.prune import sensitivity
 from edgecompress.runtimes import Artifact
@@ -49,22 +49,19 @@ class LatencyCost:
         self.rounds, self.measured = rounds, 0
         self._dir = tempfile.TemporaryDirectory(prefix="edgecompress-latency-")
         self._reference = self._export(reference)
-        once = statistics.median(self._time([self._reference], rounds=1, repeats=3, warmup=1)[0])
-        self.repeats = min(500, max(3, round(seconds * 1e3 / once)))  # runs per burst: ~seconds per burst
+        self.repeats = burst_runs(self._reference, input_shape, threads=threads, batch=batch, seconds=seconds,
+                                  most=500)
 
     def _export(self, model: nn.Module) -> Artifact:
         path = Path(self._dir.name) / f"m{self.measured}.onnx"
         self.measured += 1
         return export_onnx(model, torch.zeros(1, *self.input_shape), path)
 
-    def _time(self, artifacts: list[Artifact], rounds: int, repeats: int, warmup: int = 3) -> list[list[float]]:
-        return interleaved(artifacts, self.input_shape, threads=self.threads, batch=self.batch, rounds=rounds,
-                           repeats=rounds * repeats, warmup=warmup)
-
     def __call__(self, model: nn.Module) -> float:
         """``model``'s latency over the reference's: timed side by side now in a worker process, the median over
         rounds of the per-round ratio."""
-        ref, ms = self._time([self._reference, self._export(model)], self.rounds, self.repeats)
+        ref, ms = interleaved([self._reference, self._export(model)], self.input_shape, threads=self.threads,
+                              batch=self.batch, rounds=self.rounds, repeats=self.rounds * self.repeats, warmup=3)
         return statistics.median(m / r for r, m in zip(ref, ms))
 
     def rescore(self, model: nn.Module, example: torch.Tensor, allocation: sensitivity.Allocation) -> None:

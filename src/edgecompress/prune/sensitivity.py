@@ -26,6 +26,7 @@ from torch import nn
 
 from edgecompress.measure.counts import layer_table
 from edgecompress.nn.bn import bn_statistics_kept, reestimate_bn
+from edgecompress.nn.capture import forward_with_hooks
 from edgecompress.nn.layers import LAYER_TYPES
 from edgecompress.nn.rebuild import rebuildable
 from edgecompress.nn.replay import PrefixReplay, outer_blocks
@@ -129,13 +130,7 @@ def removable_blocks(model: nn.Module, example: torch.Tensor, ignored: list[nn.M
             and args[0].shape == output.shape
 
     blocks = outer_blocks(model)
-    hooks = [b.register_forward_hook(same) for b in blocks]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model.eval(), example, [b.register_forward_hook(same) for b in blocks])
     banned = {m for layer in ignored for m in layer.modules()}
     return [b for b in blocks if shapes.get(b) and any(isinstance(m, LAYER_TYPES) for m in b.modules())
             and not banned & set(b.modules())]

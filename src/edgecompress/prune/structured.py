@@ -147,12 +147,11 @@ def _shapes(output: object) -> list[tuple[int, ...]]:
 
 
 def _by_sensitivity(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor, importance, ignored: list[nn.Module],
-                    multiple: int, config: StructuredConfig, ctx: StageContext) -> nn.Module:
+                    multiple: int, config: StructuredConfig, macs0: int, ctx: StageContext) -> nn.Module:
     """Per-layer ratios by measured output error (:mod:`edgecompress.prune.sensitivity`) within a MAC or latency
     budget; records the curves (and the predicted latencies)."""
     ratios = sorted(r for r in config.sensitivity_ratios if 0 < r <= config.max_layer_ratio)
     latency = rescore = None
-    macs0 = count_macs(model, example)
     budget = lambda m: count_macs(m, example) / macs0  # noqa: E731  (both budgets: a ratio to the unpruned model)
     if config.target_latency_ratio is not None:
         budget = latency = LatencyCost(model, ctx.export.runtime, ctx.export.threads, ctx.export.batch,
@@ -231,7 +230,7 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: StageConte
         inputs = calibration_samples(ctx, config.calib_samples, STAGE).to(example.device)
     ignored = [modules[n] for n in sorted(skipped)]
     if config.scope == "sensitivity":
-        model = _by_sensitivity(model, example, inputs, importance, ignored, multiple, config, ctx)
+        model = _by_sensitivity(model, example, inputs, importance, ignored, multiple, config, macs0, ctx)
         macs, done = count_macs(model, example), 1
     else:
         with explain_failures(model, "building the torch-pruning dependency graph", STAGE):
