@@ -89,3 +89,36 @@ def test_built_in_runtimes_and_clashes():
         runtimes.register(Runtime("other", "other", "other", (".onnx",), _export, _validate, ort.runner, ort.bench))
     with pytest.raises(EdgeCompressError, match="unknown runtime 'tvm'"):
         Artifact(Path("m.so"), "tvm", "tvm").runner()
+
+
+SHARED_POOL_CHILD = """
+import sys
+import torch
+from edgecompress.runtimes.onnxruntime import export_onnx, session, share_threads
+path = export_onnx(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 8, 8), sys.argv[1]).path
+alone = session(path, 2, spin=False).get_session_options()
+print(alone.intra_op_num_threads, alone.get_session_config_entry("session.intra_op.allow_spinning"))
+share_threads(2)
+share_threads(2)
+shared = session(path, 2).get_session_options()
+print(shared.use_per_session_threads)
+try:
+    share_threads(1)
+except ValueError as err:
+    print(err)
+"""
+
+
+def test_sessions_share_one_thread_pool_once_asked(tmp_path):
+    """share_threads makes the process's later sessions use one pool (no per-session threads), and a second call
+    with another thread count is refused; without a pool, spin=False turns spinning off. In a fresh process:
+    ONNX Runtime makes the pool with its environment."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", SHARED_POOL_CHILD, str(tmp_path / "m.onnx")], capture_output=True,
+                          text=True, check=True)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == "2 0"
+    assert lines[1] == "False"
+    assert "already share a pool of 2 threads, not 1" in lines[2]

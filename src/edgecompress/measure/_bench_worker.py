@@ -83,25 +83,29 @@ def _input(cfg: dict) -> np.ndarray | dict[str, np.ndarray]:
 
 
 def run_interleaved(cfg: dict) -> dict:
-    """Several artifacts (``artifacts``: a list of {entry, path}) loaded side by side and timed in ``rounds``
-    rounds of ``repeats`` runs each, artifact after artifact (each round starts at the next artifact, so none is
-    always first): machine load that comes and goes hits all of them alike. Returns ``rounds_ms``: per round, the
-    median latency of each artifact in milliseconds."""
-    runners = [load_entry(a["entry"])(a["path"], cfg["threads"])() for a in cfg["artifacts"]]
-    x, n = _input(cfg), len(runners)
-    for runner in runners:
+    """Several artifacts (``artifacts``: a list of {entry, path} and optionally its own input_shape) loaded side by
+    side and timed in ``rounds`` rounds of ``repeats`` runs each, artifact after artifact (each round starts at the
+    next artifact, so none is always first): machine load that comes and goes hits all of them alike. Each is loaded
+    as ``shared`` (for ONNX Runtime: one thread pool for the process, so no session's idle threads take the cores
+    from the one that runs). Returns ``rounds_ms``: per round, each artifact's median run in milliseconds (its
+    fastest with ``statistic: "min"``)."""
+    specs = cfg["artifacts"]
+    runners = [load_entry(a["entry"])(a["path"], cfg["threads"], True)() for a in specs]
+    inputs = [_input({**cfg, "input_shape": a.get("input_shape", cfg["input_shape"])}) for a in specs]
+    statistic, n = np.min if cfg.get("statistic") == "min" else np.median, len(runners)
+    for runner, x in zip(runners, inputs):
         for _ in range(cfg["warmup"]):
             runner(x)
     rounds = []
     for r in range(cfg["rounds"]):
         medians = [0.0] * n
         for i in [(r + k) % n for k in range(n)]:
-            times = []
+            runner, x, times = runners[i], inputs[i], []
             for _ in range(cfg["repeats"]):
                 t = time.perf_counter()
-                runners[i](x)
+                runner(x)
                 times.append(time.perf_counter() - t)
-            medians[i] = float(np.median(times)) * 1e3
+            medians[i] = float(statistic(times)) * 1e3
         rounds.append(medians)
     return {"rounds_ms": rounds}
 

@@ -64,16 +64,20 @@ def benchmark(artifact: Artifact, input_shape: Sequence[int], *, threads: int = 
 
 
 def interleaved(artifacts: Sequence[Artifact], input_shape: Sequence[int], *, threads: int = 1, batch: int = 1,
-                rounds: int = 7, repeats: int = 50, warmup: int = 10, vocab_size: int | None = None
-                ) -> list[list[float]]:
+                rounds: int = 7, repeats: int = 50, warmup: int = 10, vocab_size: int | None = None,
+                shapes: Sequence[Sequence[int]] | None = None, fastest: bool = False) -> list[list[float]]:
     """Time ``artifacts`` side by side in one fresh process: ``rounds`` rounds, each running every artifact
     ``max(3, repeats // rounds)`` times in turn (so about ``repeats`` timed runs each in all). Returns, per
-    artifact, the median latency of each round in milliseconds (ms per batch of ``batch``)."""
+    artifact, the median latency of each round in milliseconds (ms per batch of ``batch``; the fastest run of the
+    round with ``fastest``). ``shapes``: each artifact's own input shape, instead of ``input_shape``."""
     for artifact in artifacts:
         _check_files(artifact)
-    cfg = {"artifacts": [{"entry": get(a.runtime).bench_entry, "path": str(a.path)} for a in artifacts],
-           "input_shape": list(input_shape), "threads": threads, "batch": batch, "warmup": warmup,
-           "rounds": rounds, "repeats": max(3, repeats // rounds), "vocab_size": vocab_size}
+    specs = [{"entry": get(a.runtime).bench_entry, "path": str(a.path)} for a in artifacts]
+    for spec, shape in zip(specs, shapes if shapes is not None else [input_shape] * len(specs), strict=True):
+        spec["input_shape"] = list(shape)
+    cfg = {"artifacts": specs, "input_shape": list(input_shape), "threads": threads, "batch": batch,
+           "warmup": warmup, "rounds": rounds, "repeats": max(3, repeats // rounds), "vocab_size": vocab_size,
+           "statistic": "min" if fastest else "median"}
     by_round = _run_worker(cfg, threads, ", ".join(str(a.path) for a in artifacts))["rounds_ms"]
     return [list(column) for column in zip(*by_round)]
 

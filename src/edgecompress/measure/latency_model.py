@@ -12,9 +12,10 @@ units alone do not see (input and output copies and layout reorders at each unit
 per-unit term was tried and fitted the noise: it predicted held-out networks worse. The table is the lookup approach of ProxylessNAS/nn-Meter; it
 is hand-written because those tools target other runtimes and model zoos, not ONNX Runtime on this host.
 
-Timing (:func:`time_onnx`): ONNX Runtime sessions in this process, all the models of one call timed in
-interleaved rounds (one burst of ``repeats`` runs per model per round), the median over the rounds of each
-burst's fastest run (``statistic=min``, the table's and the search's choice: on a shared machine the fastest of a
+Timing (:func:`time_onnx`): ONNX Runtime sessions in a worker process, on one thread pool
+(:func:`edgecompress.runtimes.onnxruntime.share_threads`), all the models of one call timed in interleaved rounds
+(one burst of ``repeats`` runs per model per round), the median over the rounds of each burst's fastest run
+(``fastest``, the table's and the search's choice: on a shared machine the fastest of a
 burst is the run least disturbed by other processes, so it is the statistic that stays put from one call to the
 next) or of each burst's median. :meth:`LatencyTable.prepare` times the units of many networks in one call, so
 the whole table shares one machine state, up to a memory bound (:data:`CALL_BYTES`): every session of a call holds
@@ -29,7 +30,6 @@ import json
 import math
 import statistics
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,9 @@ from torch import nn
 
 from edgecompress import atomic
 from edgecompress.nn.capture import forward_with_hooks
-from edgecompress.runtimes.onnxruntime import export_onnx, session
+from edgecompress.measure.latency import interleaved
+from edgecompress.runtimes import Artifact
+from edgecompress.runtimes.onnxruntime import export_onnx
 
 RUNTIMES = ("onnxruntime",)
 CALL_BYTES = 2 << 30  # estimated session memory (weights and activations) of one time_onnx call
@@ -73,28 +75,14 @@ def unit_key(module: nn.Module, shape: tuple[int, ...], batch: int = 1) -> str:
 
 
 def time_onnx(paths: list[Path], shapes: list[tuple[int, ...]], threads: int, rounds: int = 5,
-              repeats: int = 40, warmup: int = 10, statistic: Callable[[list[float]], float] = min,
-              batch: int = 1) -> list[float]:
-    """Latency (ms per batch of ``batch``) of each ONNX file in ONNX Runtime, timed in interleaved rounds: the
-    median over the rounds of ``statistic`` (min or statistics.median) of each burst."""
-    import time
-
-    sessions = [session(p, threads) for p in paths]
-    feeds = [{s.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)}
-             for s, shape in zip(sessions, shapes)]
-    for s, feed in zip(sessions, feeds):
-        for _ in range(warmup):
-            s.run(None, feed)
-    medians: list[list[float]] = [[] for _ in paths]
-    for _ in range(rounds):
-        for i, (s, feed) in enumerate(zip(sessions, feeds)):
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                s.run(None, feed)
-                times.append(time.perf_counter() - t)
-            medians[i].append(statistic(times) * 1e3)
-    return [statistics.median(m) for m in medians]
+              repeats: int = 40, warmup: int = 10, fastest: bool = True, batch: int = 1) -> list[float]:
+    """Latency (ms per batch of ``batch``) of each ONNX file (input ``[batch, *shape]``) in ONNX Runtime, timed in
+    interleaved rounds of ``repeats`` runs in a fresh worker process: the median over the rounds of each burst's
+    fastest run (its median run without ``fastest``)."""
+    artifacts = [Artifact(Path(p), "onnx", "onnxruntime", "fp32") for p in paths]
+    per_round = interleaved(artifacts, shapes[0], threads=threads, batch=batch, rounds=rounds,
+                            repeats=rounds * repeats, warmup=warmup, shapes=shapes, fastest=fastest)
+    return [statistics.median(m) for m in per_round]
 
 
 def measure_models(models: list[nn.Module], input_shape: tuple[int, ...], threads: int, **timing) -> list[float]:

@@ -31,8 +31,9 @@ class Runtime:
     and returns the artifact. validate(path): checks a file (a damaged one raises an EdgeCompressError and never
     aborts the process) and returns it as an artifact with its per-sample input shape (``()`` when the file does
     not record one). runner(artifact, threads): the artifact loaded in this process (accuracy). bench(path,
-    threads): the benchmark worker's entry: imports the runtime and returns ``load()``, which loads the model and
-    returns the runner that is timed; a module-level function, which the worker imports by name.
+    threads, shared): the benchmark worker's entry: imports the runtime and returns ``load()``, which loads the model
+    and returns the runner that is timed; ``shared`` says other models are timed in turns in the same process; a
+    module-level function, which the worker imports by name.
     channel_multiple(lanes): the multiple of channels its convolutions and matrix products run fastest with on a
     CPU with ``lanes`` float32 lanes per vector register (structured pruning rounds channel counts to it).
     """
@@ -44,7 +45,7 @@ class Runtime:
     export: Callable[[torch.nn.Module, torch.Tensor, Path, ExportSettings, str], Artifact]
     validate: Callable[[Path], tuple[Artifact, tuple[int, ...]]]
     runner: Callable[[Artifact, int], Runner]
-    bench: Callable[[str, int], Callable[[], Runner]]
+    bench: Callable[[str, int, bool], Callable[[], Runner]]
     compared: bool = False  # a candidate of `export.format: fastest`, and a row of `bench RUN_DIR`
     order: int = 100  # where it is listed (messages, settings, comparisons): lower first
     # the channel multiple its fast kernels want, given the CPU's float32 lanes (prune.align, round_to: auto)

@@ -214,9 +214,9 @@ def _chunks(x: np.ndarray | dict[str, np.ndarray], limit: int) -> list[tuple]:
     return [(chunk.contiguous(),) for chunk in torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).split(limit)]
 
 
-def bench(path: str, threads: int) -> Callable[[], Runner]:
+def bench(path: str, threads: int, shared: bool = False) -> Callable[[], Runner]:
     """The benchmark worker's entry: the XNNPACK thread pool at ``threads``, inputs above the program's batch in
-    chunks (ExecuTorch's Python runtime needs torch)."""
+    chunks (ExecuTorch's Python runtime needs torch). ``shared`` changes nothing: the pool is one per process."""
     import torch  # noqa: F401  (imported before the worker's memory baseline)
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime as ExecuTorch

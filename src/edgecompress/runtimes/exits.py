@@ -22,7 +22,7 @@ from edgecompress import atomic
 from edgecompress.errors import EdgeCompressError
 from edgecompress.runtimes.artifact import Artifact, Runner
 from edgecompress.runtimes.base import Runtime, check_files, register
-from edgecompress.runtimes.onnxruntime import session
+from edgecompress.runtimes.onnxruntime import session, share_threads
 
 if TYPE_CHECKING:
     import torch
@@ -80,7 +80,7 @@ class ExitRunner:
 
     def __init__(self, path: Path, threads: int):
         files, self.thresholds = _manifest(path)
-        self.sessions = [session(f, threads) for f in files]
+        self.sessions = [session(f, threads, spin=False) for f in files]  # run in turns: see share_threads
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits, index of the exit each sample left by; the last segment's index = the full network)."""
@@ -122,9 +122,12 @@ def runner(artifact: Artifact, threads: int) -> Runner:
     return ExitRunner(artifact.path, threads)
 
 
-def bench(path: str, threads: int) -> Callable[[], Runner]:
-    """The benchmark worker's entry (ONNX Runtime, no torch): the sessions are made by ``load()``."""
+def bench(path: str, threads: int, shared: bool = False) -> Callable[[], Runner]:
+    """The benchmark worker's entry (ONNX Runtime, no torch): the sessions are made by ``load()``, on one thread
+    pool for the worker process whether or not it is ``shared`` (the segments run in turns)."""
     import onnxruntime  # noqa: F401  (imported before the worker's memory baseline)
+
+    share_threads(threads)
 
     return lambda: ExitRunner(Path(path), threads)
 

@@ -90,10 +90,10 @@ def runner(artifact: Artifact, threads: int) -> Runner:
     return run
 
 
-def bench(path: str, threads: int) -> Callable[[], Runner]:
+def bench(path: str, threads: int, shared: bool = False) -> Callable[[], Runner]:
     """The benchmark worker's entry. A one-weight archive is exported, saved and loaded first (about 2 s of CPU), so
     that the ~100 MiB of modules ``torch.export.load`` imports on first use count as the runtime's import, not as
-    the model's memory."""
+    the model's memory. ``shared`` changes nothing: torch has one thread pool per process."""
     import tempfile
 
     import torch
