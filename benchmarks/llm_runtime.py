@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgecompress.runtimes.onnxruntime import session, share_threads
+
 
 def timed(fns: dict, rounds: int, repeats: int) -> dict[str, list[float]]:
     """Seconds per call of each function in each of ``rounds`` interleaved rounds."""
@@ -39,14 +41,6 @@ def timed(fns: dict, rounds: int, repeats: int) -> dict[str, list[float]]:
                 fn()
             times[k].append((time.perf_counter() - start) / repeats)
     return times
-
-
-def session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def measure(name: str, model, tok, kind: str, work: Path, args) -> dict:
@@ -106,6 +100,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "llm_runtime")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    share_threads(args.threads)  # the FP32 and INT8 sessions are timed in turns in this process
     from edgecompress.llm import models
 
     work = Path(tempfile.mkdtemp(prefix="llm-runtime-"))

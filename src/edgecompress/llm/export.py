@@ -59,12 +59,9 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path, 
 
 def run_onnx(path: Path, batch: dict[str, torch.Tensor], threads: int = 1) -> np.ndarray:
     """The ONNX model's output on one batch in ONNX Runtime."""
-    import onnxruntime as ort
+    from edgecompress.runtimes.onnxruntime import session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+    return session(path, threads).run(None, {k: v.numpy() for k, v in batch.items()})[0]
 
 
 def parity(model: nn.Module, path: Path, batch: dict[str, torch.Tensor]) -> float:

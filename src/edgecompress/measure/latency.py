@@ -73,8 +73,9 @@ def interleaved(artifacts: Sequence[Artifact], input_shape: Sequence[int], *, th
     for artifact in artifacts:
         _check_files(artifact)
     specs = [{"entry": get(a.runtime).bench_entry, "path": str(a.path)} for a in artifacts]
-    for spec, shape in zip(specs, shapes if shapes is not None else [input_shape] * len(specs), strict=True):
-        spec["input_shape"] = list(shape)
+    if shapes is not None:
+        for spec, shape in zip(specs, shapes, strict=True):
+            spec["input_shape"] = list(shape)
     cfg = {"artifacts": specs, "input_shape": list(input_shape), "threads": threads, "batch": batch,
            "warmup": warmup, "rounds": rounds, "repeats": max(3, repeats // rounds), "vocab_size": vocab_size,
            "statistic": "min" if fastest else "median"}

@@ -48,12 +48,7 @@ def keep_float(model: onnx.ModelProto, node_names: list[str]) -> list[str]:
 
 
 def outputs(model: onnx.ModelProto | str, inputs: np.ndarray, batch: int = 16) -> np.ndarray:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    run = ort.InferenceSession(model.SerializeToString() if isinstance(model, onnx.ModelProto) else model, options,
-                               providers=["CPUExecutionProvider"])
+    run = session(model.SerializeToString() if isinstance(model, onnx.ModelProto) else model, threads=1)
     name = run.get_inputs()[0].name
     return np.concatenate([run.run(None, {name: inputs[i:i + batch]})[0] for i in range(0, len(inputs), batch)])
 
